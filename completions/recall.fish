@@ -1,0 +1,1 @@
+complete --command recall --no-files --arguments "(env _RECALL_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) recall)" --condition "env _RECALL_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) recall"

@@ -1,0 +1,207 @@
+"""The `recall` command line: a thin Typer layer over indexer, search and stats.
+
+Heavy modules (lancedb, torch) are imported inside the commands that need them, so `--help`,
+`stats` and an unchanged `index` stay fast.  Errors the user can act on print one line and exit 2;
+results go to stdout, everything else to stderr.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from . import __version__
+from .errors import RecallError
+
+app = typer.Typer(
+    name="recall",
+    help="Search your own photos, audio, video and notes with natural language.",
+    add_completion=True,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+
+EXIT_OK, EXIT_NO_RESULTS, EXIT_ERROR, EXIT_PARTIAL = 0, 1, 2, 3
+
+DbOption = typer.Option(None, "--db", help="Index directory (default: $RECALL_DB, else the per-user data dir).",
+                        metavar="DIR")
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> "typer.Exit":
+    typer.echo(f"recall: {message}", err=True)
+    return typer.Exit(code)
+
+
+def setup_logging(quiet: bool, verbose: bool) -> None:
+    level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=level, format="recall: %(message)s", stream=sys.stderr)
+    logging.getLogger("recall").setLevel(level)
+
+
+def run_guarded(action, verbose: bool = False):
+    """Run a command body; turn known problems into one line, unknown ones into one line too."""
+    try:
+        return action()
+    except RecallError as error:
+        raise fail(str(error), error.exit_code) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted", 130) from None
+    except BrokenPipeError:  # `recall query ... | head`
+        sys.stderr.close()
+        raise typer.Exit(EXIT_OK) from None
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as error:  # noqa: BLE001 - never a traceback for the user
+        if verbose:
+            raise
+        first = (str(error).splitlines() or [""])[0]
+        raise fail(f"unexpected error: {type(error).__name__}: {first} (rerun with -v for details)") from None
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"recall {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=version_callback, is_eager=True,
+                                      help="Show the version and exit.")) -> None:
+    """Search your own photos, audio, video and notes with natural language."""
+
+
+@app.command()
+def index(
+    paths: List[Path] = typer.Argument(..., help="Directories to index (or update)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Embedding model for a new index: minilm, imagebind-huge."),
+    db: Optional[Path] = DbOption,
+    hidden: bool = typer.Option(False, "--hidden", help="Include hidden files and directories."),
+    no_ignore: bool = typer.Option(False, "--no-ignore", help="Disregard .gitignore/.ignore/.recallignore and the OS-junk list."),
+    exclude: List[str] = typer.Option([], "--exclude", "-x", help="Skip paths matching this gitignore-style glob (repeatable).", metavar="GLOB"),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Try files that failed last time again even if unchanged."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or mps."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Model weights file or folder (manual placement)."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="More detail."),
+) -> None:
+    """Index files under PATH... or bring the index up to date (unchanged files cost a stat).
+
+    Exit status: 0 all files indexed, 3 some files failed (the rest are indexed), 2 error."""
+    setup_logging(quiet, verbose)
+
+    def action():
+        from .indexer import IndexOptions, index_roots
+        from .paths import resolve_db
+        from .progress import index_progress
+        from .scan import ScanOptions
+
+        options = IndexOptions(model=model, retry_failed=retry_failed, device=device,
+                               weights=str(weights) if weights else None,
+                               scan=ScanOptions(hidden=hidden, no_ignore=no_ignore, excludes=tuple(exclude)))
+        with index_progress(enabled=not quiet) as progress:
+            summary = index_roots([str(path) for path in paths], resolve_db(db), options, progress)
+        report_index(summary, json_out, quiet)
+        return EXIT_PARTIAL if summary.failed else EXIT_OK
+
+    raise typer.Exit(run_guarded(action, verbose))
+
+
+def report_index(summary, json_out: bool, quiet: bool) -> None:
+    if json_out:
+        import json
+
+        typer.echo(json.dumps(summary.as_dict()))
+        return
+    changed = summary.added + summary.updated + summary.moved + summary.removed + summary.failed
+    if quiet or not changed:
+        return  # quiet when nothing changed (cron-friendly)
+    typer.echo(f"recall: {summary.added} added, {summary.updated} updated, {summary.moved} moved, "
+               f"{summary.removed} removed, {summary.failed} failed, {summary.skipped} skipped, "
+               f"{summary.unchanged} unchanged ({summary.seconds:.1f} s)", err=True)
+
+
+@app.command()
+def query(
+    text: str = typer.Argument(..., help="What to look for; '-' reads one query per line from stdin."),
+    limit: int = typer.Option(10, "--limit", "-n", min=1, help="Results per query."),
+    offset: int = typer.Option(0, "--offset", min=0, help="Skip this many results first."),
+    modality: Optional[str] = typer.Option(None, "--type", "-t", help="Only image, video, audio or text."),
+    within: Optional[Path] = typer.Option(None, "--in", help="Only files under this directory.", metavar="DIR"),
+    json_out: bool = typer.Option(False, "--json", help="One JSON array of results."),
+    jsonl: bool = typer.Option(False, "--jsonl", help="One JSON object per result line."),
+    paths_only: bool = typer.Option(False, "-l", "--files", help="Paths only, one per line."),
+    nul: bool = typer.Option(False, "-0", "--null", help="Paths only, NUL-separated (for xargs -0)."),
+    db: Optional[Path] = DbOption,
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or mps."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="More detail."),
+) -> None:
+    """Search the index.  Exit status: 0 results found, 1 none, 2 error."""
+    setup_logging(False, verbose)
+
+    def action():
+        from .output import resolve_format, write_results
+        from .paths import resolve_db
+        from .search import QueryOptions, Searcher
+
+        fmt = resolve_format(json_out, jsonl, paths_only, nul, sys.stdout)
+        texts = read_queries(text)
+        options = QueryOptions(limit=limit, offset=offset, modality=modality,
+                               within=str(within) if within else None)
+        searcher = Searcher(resolve_db(db), device=device)
+        per_query = searcher.search(texts, options)
+        write_results(per_query, fmt)
+        return EXIT_OK if any(per_query) else EXIT_NO_RESULTS
+
+    raise typer.Exit(run_guarded(action, verbose))
+
+
+def read_queries(text: str) -> list[str]:
+    if text != "-":
+        if not text.strip():
+            raise RecallError("empty query; say what to look for")
+        return [text]
+    return [line.strip() for line in sys.stdin if line.strip()]
+
+
+@app.command()
+def stats(db: Optional[Path] = DbOption,
+          json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """What is indexed, and how."""
+
+    def action():
+        from .paths import resolve_db
+        from .stats import collect_stats, format_stats
+
+        collected = collect_stats(resolve_db(db))
+        if json_out:
+            import json
+
+            typer.echo(json.dumps(collected, indent=2))
+        else:
+            typer.echo(format_stats(collected))
+        return EXIT_OK
+
+    raise typer.Exit(run_guarded(action))
+
+
+@app.command()
+def watch(paths: List[Path] = typer.Argument(..., help="Directories to watch."),
+          db: Optional[Path] = DbOption) -> None:
+    """Keep the index live while files change (not available yet)."""
+    raise fail("`recall watch` is not available yet; run `recall index PATH` (e.g. from cron) meanwhile")
+
+
+@app.command()
+def heal(db: Optional[Path] = DbOption) -> None:
+    """Train the early-exit adapters on the indexed collection (not available yet)."""
+    raise fail("`recall heal` is not available yet: this version indexes at full depth, nothing to heal")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

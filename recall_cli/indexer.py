@@ -1,0 +1,343 @@
+"""`recall index`: bring the index in line with the files under some roots.
+
+A run has three phases:
+  1. plan   - scan the roots and compare size+mtime with the manifest (stat only; no lancedb, no
+              torch: an unchanged tree stops here);
+  2. apply  - for each new or changed file: hash it; a hash already indexed elsewhere (a move or a
+              copy) copies those rows; otherwise decode, encode and write.  Rows go to LanceDB
+              first and the manifest second, in batches, so an interrupted run is only *behind*;
+  3. prune  - files that vanished leave the index (after phase 2, so moves can copy first).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .errors import RecallError
+from .hashing import file_hash
+from .lock import WriterLock
+from .manifest import FileRecord, Manifest
+from .models import DEFAULT_MODEL, MODEL_MODALITIES, check_model_name
+from .paths import ensure_private_dir
+from .scan import FileEntry, ScanOptions, normalize_root, scan_roots
+from .sniff import sniff_path
+
+log = logging.getLogger("recall")
+
+FLUSH_UNITS = 256  # units encoded and written per batch: bounds memory and lost work on a crash
+FLUSH_FILES = 64
+SNIPPET_CHARS = 2000  # a whole chunk of text fits: results can show the part that matched
+
+
+@dataclass
+class IndexSummary:
+    scanned: int = 0
+    unchanged: int = 0
+    added: int = 0
+    updated: int = 0
+    moved: int = 0  # new paths whose content was already indexed (no re-encode)
+    removed: int = 0
+    skipped: int = 0  # not a type the model embeds
+    failed: int = 0
+    units_encoded: int = 0
+    seconds: float = 0.0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {key: value for key, value in self.__dict__.items() if key != "failures"} | {
+            "failures": [{"path": path, "error": error} for path, error in self.failures]}
+
+
+@dataclass
+class IndexOptions:
+    model: str | None = None  # None: the index's model, or the default for a new index
+    scan: ScanOptions = field(default_factory=ScanOptions)
+    retry_failed: bool = False
+    device: str | None = None
+    dtype: str | None = None
+    weights: str | None = None
+
+
+def bind_model(manifest: Manifest, requested: str | None) -> str:
+    """The model this index uses; a new index takes `requested` (or the default)."""
+    stored = manifest.get_meta("model")
+    if stored is None:
+        name = check_model_name(requested or DEFAULT_MODEL)
+        manifest.set_meta("model", name)
+        manifest.set_meta("created_at", str(time.time()))
+        return name
+    if requested and requested != stored:
+        raise RecallError(f"this index was built with model {stored!r}, not {requested!r}; "
+                          f"drop --model, or use another --db for {requested}")
+    return stored
+
+
+def check_model_version(manifest: Manifest, model) -> None:
+    stored = manifest.get_meta("model_version")
+    if stored is None:
+        manifest.set_meta("model_version", model.version)
+        manifest.set_meta("dim", str(model.dim))
+    elif stored != model.version:
+        raise RecallError(f"this index was built with {stored}, but the installed model is "
+                          f"{model.version}; rebuild it into a new --db")
+
+
+def check_roots(roots: list[str]) -> list[str]:
+    """Every root must exist: a missing or unmounted root is an error, never 'all deleted'."""
+    checked = []
+    for root in roots:
+        resolved = normalize_root(root)
+        if not os.path.isdir(resolved):
+            what = "is not a directory" if os.path.exists(resolved) else "does not exist"
+            raise RecallError(f"{root} {what}; give directories to index (is a drive unmounted?)")
+        checked.append(resolved)
+    return checked
+
+
+def index_roots(roots: list[str], db_dir: Path, options: IndexOptions = IndexOptions(),
+                progress: Callable[[int, int], None] | None = None) -> IndexSummary:
+    started = time.perf_counter()
+    roots = check_roots(roots)
+    ensure_private_dir(db_dir)
+    with WriterLock(db_dir, "index"):
+        manifest = Manifest(db_dir)
+        try:
+            model_name = bind_model(manifest, options.model)
+            run = _IndexRun(db_dir, manifest, model_name, options, progress)
+            summary = run.execute(roots)
+            manifest.set_meta("last_index_at", str(time.time()))
+        finally:
+            manifest.close()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+class _IndexRun:
+    def __init__(self, db_dir: Path, manifest: Manifest, model_name: str, options: IndexOptions,
+                 progress: Callable[[int, int], None] | None):
+        self.db_dir = db_dir
+        self.manifest = manifest
+        self.model_name = model_name
+        self.options = options
+        self.progress = progress or (lambda done, total: None)
+        self.summary = IndexSummary()
+        self._store = None
+        self._model = None
+        self.pending_units: list[tuple[str, object]] = []  # (path, Unit)
+        self.pending_files: dict[str, tuple[FileEntry, str, str, bool]] = {}  # path -> entry, hash, modality, is_new
+        self.wrote = False
+
+    # lazily opened: an unchanged tree never imports lancedb or torch
+    @property
+    def store(self):
+        if self._store is None:
+            from .store import Store
+
+            self._store = Store(self.db_dir)
+        return self._store
+
+    @property
+    def model(self):
+        if self._model is None:
+            from .models import load_model
+
+            self._model = load_model(self.model_name, self.options.device, self.options.dtype,
+                                     self.options.weights)
+            check_model_version(self.manifest, self._model)
+            if self.store.table is None:
+                from .store import Store
+
+                self._store = Store(self.db_dir, dim=self._model.dim)
+        return self._model
+
+    def execute(self, roots: list[str]) -> IndexSummary:
+        report = scan_roots(roots, self.options.scan)
+        known = self.manifest.files_under(roots)
+        todo = self._plan(report.files, known)
+        unreadable = [path for path, _ in report.problems]
+        gone = [path for path in known if path not in {entry.path for entry in report.files}
+                and not any(path == bad or path.startswith(bad + "/") for bad in unreadable)]
+        self._record_scan_problems(report.problems, roots)
+        for done, (entry, record) in enumerate(todo, 1):
+            self._apply(entry, record)
+            self.progress(done, len(todo))
+        self._flush()
+        self._prune(gone, known)
+        if self.wrote:
+            self.store.maintain()
+        return self.summary
+
+    def _plan(self, entries: list[FileEntry], known: dict[str, FileRecord]):
+        todo = []
+        self.summary.scanned = len(entries)
+        for entry in entries:
+            record = known.get(entry.path)
+            unchanged = (record is not None and record.size == entry.size
+                         and record.mtime_ns == entry.mtime_ns)
+            if unchanged and not (self.options.retry_failed and record.status == "error"):
+                self.summary.unchanged += 1
+            else:
+                todo.append((entry, record))
+        return todo
+
+    def _record_scan_problems(self, problems: list[tuple[str, str]], roots: list[str]) -> None:
+        records = []
+        for path, reason in problems:
+            root = next((r for r in roots if path.startswith(r.rstrip("/") + "/")), roots[0])
+            records.append(FileRecord(path, root, 0, 0, None, None, "error", reason, 0))
+            self._fail(path, reason)
+        self.manifest.upsert(records)
+
+    def _fail(self, path: str, reason: str) -> None:
+        self.summary.failed += 1
+        self.summary.failures.append((path, reason))
+        log.warning("%s: %s", path, reason)
+
+    def _apply(self, entry: FileEntry, record: FileRecord | None) -> None:
+        try:
+            content_hash = file_hash(entry.path)
+            modality = sniff_path(Path(entry.path), entry.size)
+        except OSError as error:
+            self._finish_failed(entry, None, None, f"cannot read: {error.strerror or error}")
+            return
+        if record is not None and record.hash == content_hash and record.status != "error":
+            # touched, not changed: only the stat fields move
+            self.manifest.upsert([FileRecord(entry.path, entry.root, entry.size, entry.mtime_ns,
+                                             content_hash, record.modality, record.status,
+                                             record.error, record.units)])
+            self.summary.unchanged += 1
+            return
+        if modality is None or modality not in MODEL_MODALITIES[self.model_name]:
+            reason = "unknown file type" if modality is None else f"{self.model_name} does not embed {modality}"
+            if record is not None:
+                self._drop_rows(entry.path)
+            self.manifest.upsert([FileRecord(entry.path, entry.root, entry.size, entry.mtime_ns,
+                                             content_hash, modality, "skipped", reason, 0)])
+            self.summary.skipped += 1
+            return
+        if self._copy_existing(entry, content_hash, modality, record):
+            return
+        try:
+            units = self.model.file_units(Path(entry.path), modality)
+        except Exception as error:  # noqa: BLE001 - one bad file never stops the run
+            self._finish_failed(entry, content_hash, modality, _one_line(error))
+            return
+        if not units:
+            self._finish_failed(entry, content_hash, modality, "nothing to embed in file")
+            return
+        self.pending_files[entry.path] = (entry, content_hash, modality, record is None)
+        self.pending_units.extend((entry.path, unit) for unit in units)
+        if len(self.pending_units) >= FLUSH_UNITS or len(self.pending_files) >= FLUSH_FILES:
+            self._flush()
+
+    def _copy_existing(self, entry: FileEntry, content_hash: str, modality: str,
+                       record: FileRecord | None) -> bool:
+        """A file whose content is already indexed under another path (moved, renamed, copied)
+        takes a copy of those rows instead of being encoded again."""
+        for source in self.manifest.paths_with_hash(content_hash):
+            if source == entry.path:
+                continue
+            rows = self.store.rows_for_path(source)
+            if not rows or any(row["hash"] != content_hash for row in rows):
+                continue
+            for row in rows:
+                row.pop("_distance", None)
+                row.update(id=_unit_id(entry.path, row["chunk"]), path=entry.path, root=entry.root,
+                           size=entry.size, mtime_ns=entry.mtime_ns, indexed_at=time.time())
+            self.store.upsert(rows)
+            self.store.delete_stale({entry.path: (content_hash, len(rows))})
+            self.manifest.upsert([FileRecord(entry.path, entry.root, entry.size, entry.mtime_ns,
+                                             content_hash, modality, "ok", None, len(rows))])
+            self.summary.moved += 1
+            self.wrote = True
+            return True
+        return False
+
+    def _flush(self) -> None:
+        if not self.pending_units:
+            return
+        from .pipeline import encode_units
+
+        encoded = encode_units(self.model, [unit for _, unit in self.pending_units])
+        rows, errors, counts = [], {}, {}
+        for (path, unit), result in zip(self.pending_units, encoded):
+            if result.vector is None:
+                errors.setdefault(path, result.error)
+                continue
+            entry, content_hash, modality, _ = self.pending_files[path]
+            counts[path] = counts.get(path, 0) + 1
+            rows.append(self._row(entry, content_hash, unit, result))
+        rows = [row for row in rows if row["path"] not in errors]
+        self.store.upsert(rows)
+        done = {path: (self.pending_files[path][1], count) for path, count in counts.items()
+                if path not in errors}
+        if done:
+            self.store.delete_stale(done)
+        records = []
+        for path, (entry, content_hash, modality, is_new) in self.pending_files.items():
+            if path in errors:
+                self._drop_rows(path)
+                records.append(FileRecord(path, entry.root, entry.size, entry.mtime_ns, content_hash,
+                                          modality, "error", errors[path], 0))
+                self._fail(path, errors[path])
+                continue
+            records.append(FileRecord(path, entry.root, entry.size, entry.mtime_ns, content_hash,
+                                      modality, "ok", None, counts[path]))
+            if is_new:
+                self.summary.added += 1
+            else:
+                self.summary.updated += 1
+        self.manifest.upsert(records)
+        self.summary.units_encoded += len(rows)
+        self.wrote = True
+        self.pending_units, self.pending_files = [], {}
+
+    def _row(self, entry: FileEntry, content_hash: str, unit, result) -> dict:
+        return {
+            "id": _unit_id(entry.path, unit.chunk), "path": entry.path, "root": entry.root,
+            "hash": content_hash, "chunk": unit.chunk, "modality": unit.modality,
+            "snippet": unit.snippet[:SNIPPET_CHARS], "size": entry.size, "mtime_ns": entry.mtime_ns,
+            "model": self.model_name, "vector": result.vector.tolist(),
+            "exit_block": result.exit_block, "depth": result.depth, "refined": result.refined,
+            "cache": result.cache, "adapter_version": 0, "indexed_at": time.time(),
+        }
+
+    def _finish_failed(self, entry: FileEntry, content_hash, modality, reason: str) -> None:
+        self._drop_rows(entry.path)
+        self.manifest.upsert([FileRecord(entry.path, entry.root, entry.size, entry.mtime_ns,
+                                         content_hash, modality, "error", reason, 0)])
+        self._fail(entry.path, reason)
+
+    def _drop_rows(self, path: str) -> None:
+        """A file that no longer embeds (now broken, or now another type) loses its old rows."""
+        if (self.db_dir / "units.lance").exists() and self.store.table is not None:
+            self.store.delete_paths([path])
+
+    def _prune(self, gone: list[str], known: dict[str, FileRecord]) -> None:
+        if not gone:
+            return
+        embedded = [path for path in gone if known[path].status == "ok"]
+        if embedded and self.store.table is not None:
+            self.store.delete_paths(embedded)
+            self.wrote = True
+        self.manifest.delete(gone)
+        self.summary.removed += len(gone)
+
+
+def _unit_id(path: str, chunk: int) -> str:
+    from .store import unit_id
+
+    return unit_id(path, chunk)
+
+
+def _one_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    message = text[0] if text else type(error).__name__
+    from .models.base import DecodeError
+
+    return message if isinstance(error, DecodeError) else f"{type(error).__name__}: {message}"

@@ -1,0 +1,61 @@
+"""Model registry: `--model NAME` -> a LayeredEncoder.
+
+Entries are import paths so that naming a model costs nothing until it is loaded (keeps `--help`,
+`stats` and unchanged re-index runs free of torch).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from ..errors import RecallError
+
+# name -> "module:factory".  Each factory takes (device=None, dtype=None, weights=None).
+REGISTRY: dict[str, str] = {
+    "minilm": "recall_cli.models.minilm:load_minilm",
+    "imagebind-huge": "recall_cli.models.imagebind:load_imagebind_huge",
+}
+
+# Registered for tests and benchmarks only: hidden from --help, usable by name.
+TEST_REGISTRY: dict[str, str] = {
+    "imagebind-test": "recall_cli.models.imagebind:load_imagebind_test",
+}
+
+DEFAULT_MODEL = "minilm"
+MODALITIES_ALL = ("text", "image", "video", "audio")
+
+# What each model can embed, known without loading it (the indexer uses this to skip files early).
+MODEL_MODALITIES: dict[str, tuple[str, ...]] = {
+    "minilm": ("text",),
+    "imagebind-huge": ("text", "image", "video", "audio"),
+    "imagebind-test": ("text", "image", "video", "audio"),
+}
+
+
+def known_models() -> list[str]:
+    return list(REGISTRY)
+
+
+def check_model_name(name: str) -> str:
+    if name not in REGISTRY and name not in TEST_REGISTRY:
+        raise RecallError(f"unknown model {name!r}; choose one of: {', '.join(REGISTRY)}")
+    return name
+
+
+_LOADED: dict[tuple, object] = {}
+
+
+def load_model(name: str, device: str | None = None, dtype: str | None = None, weights=None):
+    """The named model, ready for inference, on the chosen device.  Loaded once per process for
+    the same arguments (batch queries, the watch server and tests reuse it)."""
+    key = (name, device, dtype, str(weights) if weights else None)
+    if key not in _LOADED:
+        _LOADED[key] = _build_model(name, device, dtype, weights)
+    return _LOADED[key]
+
+
+def _build_model(name: str, device: str | None, dtype: str | None, weights):
+    target = REGISTRY.get(name) or TEST_REGISTRY.get(check_model_name(name))
+    module_name, factory_name = target.split(":")
+    factory = getattr(importlib.import_module(module_name), factory_name)
+    return factory(device=device, dtype=dtype, weights=weights)

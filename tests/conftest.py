@@ -1,0 +1,59 @@
+"""Shared fixtures: run the real CLI in-process, and build small real folders to index."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from recall_cli.cli import app
+
+REPO = Path(__file__).resolve().parent.parent
+
+os.environ.setdefault("RECALL_DEVICE", "cpu")
+
+
+class Cli:
+    """`cli("query", "x", "--json")` -> click Result with exit_code, stdout, stderr."""
+
+    def __init__(self, db: Path):
+        self.db = db
+        self.runner = CliRunner()
+
+    def __call__(self, *args, input: str | None = None, db: bool = True):
+        argv = [str(arg) for arg in args]
+        if db:
+            argv += ["--db", str(self.db)]
+        result = self.runner.invoke(app, argv, input=input, catch_exceptions=False)
+        return result
+
+
+@pytest.fixture
+def db_dir(tmp_path) -> Path:
+    return tmp_path / "db"
+
+
+@pytest.fixture
+def cli(db_dir) -> Cli:
+    return Cli(db_dir)
+
+
+def write_files(root: Path, files: dict[str, str | bytes]) -> None:
+    for relative, content in files.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content, encoding="utf-8")
+
+
+def run_recall(*args, input: str | None = None, env: dict | None = None, timeout: int = 300):
+    """The real `recall` in a fresh process (for import-cost and stdin/exit-code checks)."""
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "recall_cli", *map(str, args)], input=input,
+                          capture_output=True, text=True, env=full_env, timeout=timeout, cwd=REPO)
