@@ -19,11 +19,32 @@ averages the sequences of an item the way the model's reference code does.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 MODALITIES = ("text", "image", "video", "audio")
+
+
+@contextmanager
+def skip_weight_init():
+    """Build modules without random initialisation (their weights are loaded right after).
+
+    Cheaper than the meta device here: initialising meta tensors routes through torch._refs,
+    which imports torch._dynamo (~1 s), a cost every cold `recall query` would pay."""
+    import torch.nn.init as init
+
+    names = ("uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_",
+             "xavier_uniform_", "xavier_normal_", "ones_", "zeros_", "constant_")
+    saved = {name: getattr(init, name) for name in names}
+    try:
+        for name in names:
+            setattr(init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(init, name, function)
 
 
 class DecodeError(Exception):

@@ -124,8 +124,10 @@ UNUSED_KEYS = ("pooler.", "embeddings.position_ids")
 
 
 def load_bert(state_dict: dict, cfg: BertConfig, device, dtype) -> Bert:
-    """Build on the meta device (no wasted random init) and adopt the checkpoint tensors."""
-    with torch.device("meta"):
+    """Build without random init (the checkpoint replaces every tensor) and adopt its tensors."""
+    from .base import skip_weight_init
+
+    with skip_weight_init():
         model = Bert(cfg)
     weights = {key: value for key, value in state_dict.items() if not key.startswith(UNUSED_KEYS)}
     model.load_state_dict(weights, strict=True, assign=True)

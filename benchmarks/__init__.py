@@ -1,0 +1,1 @@
+"""Benchmarks for recall: `python -m benchmarks.run` (or `make bench`)."""
