@@ -90,3 +90,16 @@ def test_real_process_reads_stdin_and_sets_exit_codes(indexed):
     assert done.stdout.splitlines() == [str(root / "food/apple-pie.txt"), str(root / "travel/train.md")]
     none = run_recall("query", "x", "--db", cli.db, "--type", "audio")
     assert none.returncode == 1 and none.stdout == ""
+
+
+def test_terminal_table_has_score_type_path_and_snippet():
+    import io
+
+    from recall_cli.output import write_results
+
+    stream = io.StringIO()
+    write_results([[{"query": "q", "rank": 1, "path": "/notes/kayak.md", "score": 0.8123,
+                     "modality": "text", "snippet": "Paddling the\nred kayak"}]], "table", stream)
+    text = stream.getvalue()
+    for expected in ("score", "type", "path", "snippet", "0.812", "text", "/notes/kayak.md", "Paddling the red kayak"):
+        assert expected in text
