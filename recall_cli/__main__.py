@@ -1,3 +1,19 @@
-from .cli import app
+import sys
 
-app(prog_name="recall")
+
+def main() -> None:
+    """`recall` / `python -m recall_cli`: a query that a running watcher can answer is answered
+    before the CLI framework is imported (a warm query is a socket round trip); all else goes
+    through the Typer app."""
+    from .server import fast_query
+
+    code = fast_query(sys.argv[1:])
+    if code is not None:
+        sys.exit(code)
+    from .cli import app
+
+    app(prog_name="recall")
+
+
+if __name__ == "__main__":
+    main()

@@ -86,6 +86,9 @@ def index(
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Try files that failed last time again even if unchanged."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or mps."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Model weights file or folder (manual placement)."),
+    full: bool = typer.Option(False, "--full", help="Full depth for this index from now on: every file runs every block (no early exit, no cache)."),
+    exit_policy: Optional[str] = typer.Option(None, "--exit-policy", help="Early exit: auto (predictor once healed, else full depth), full, predictor, fixed:L, mix:L=p,...", metavar="POLICY"),
+    cache_budget: Optional[str] = typer.Option(None, "--cache-budget", help="Byte budget of the INT4 activation cache, e.g. 2GiB (kept for this index).", metavar="SIZE"),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="More detail."),
@@ -102,7 +105,8 @@ def index(
         from .scan import ScanOptions
 
         options = IndexOptions(model=model, retry_failed=retry_failed, device=device,
-                               weights=str(weights) if weights else None,
+                               weights=str(weights) if weights else None, full=full,
+                               exit_policy=exit_policy, cache_budget=cache_budget,
                                scan=ScanOptions(hidden=hidden, no_ignore=no_ignore, excludes=tuple(exclude)))
         with index_progress(enabled=not quiet) as progress:
             summary = index_roots([str(path) for path in paths], resolve_db(db), options, progress)
@@ -147,14 +151,20 @@ def query(
     def action():
         from .output import resolve_format, write_results
         from .paths import resolve_db
-        from .search import QueryOptions, Searcher
+        from .server import warm_query
 
         fmt = resolve_format(json_out, jsonl, paths_only, nul, sys.stdout)
         texts = read_queries(text)
-        options = QueryOptions(limit=limit, offset=offset, modality=modality,
-                               within=str(within) if within else None)
-        searcher = Searcher(resolve_db(db), device=device)
-        per_query = searcher.search(texts, options)
+        db_dir = resolve_db(db)
+        # a running `recall watch` answers with its model already loaded (no torch/lancedb here)
+        per_query = None if device else warm_query(db_dir, texts, limit, offset, modality,
+                                                   str(within) if within else None)
+        if per_query is None:
+            from .search import QueryOptions, Searcher
+
+            options = QueryOptions(limit=limit, offset=offset, modality=modality,
+                                   within=str(within) if within else None)
+            per_query = Searcher(db_dir, device=device).search(texts, options)
         write_results(per_query, fmt)
         return EXIT_OK if any(per_query) else EXIT_NO_RESULTS
 
@@ -191,10 +201,45 @@ def stats(db: Optional[Path] = DbOption,
 
 
 @app.command()
-def watch(paths: List[Path] = typer.Argument(..., help="Directories to watch."),
-          db: Optional[Path] = DbOption) -> None:
-    """Keep the index live while files change (not available yet)."""
-    raise fail("`recall watch` is not available yet; run `recall index PATH` (e.g. from cron) meanwhile")
+def watch(
+    paths: List[Path] = typer.Argument(..., help="Directories to watch (caught up first with an index pass)."),
+    db: Optional[Path] = DbOption,
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Embedding model for a new index: minilm, imagebind-huge."),
+    delay: float = typer.Option(3.0, "--delay", min=0.0, help="Seconds a file must be quiet (and its size steady) before it is indexed.", metavar="SECONDS"),
+    delay_pattern: List[str] = typer.Option([], "--delay-pattern", help="Wait longer for paths matching GLOB, e.g. '*.log=60' (repeatable).", metavar="GLOB=SECONDS"),
+    reconcile: float = typer.Option(900.0, "--reconcile", min=0.0, help="Seconds between full reconciliation passes (0: never).", metavar="SECONDS"),
+    poll: bool = typer.Option(False, "--poll", help="Poll for changes instead of using inotify (network drives)."),
+    no_serve: bool = typer.Option(False, "--no-serve", help="Do not answer `recall query` over the index's socket."),
+    hidden: bool = typer.Option(False, "--hidden", help="Include hidden files and directories."),
+    no_ignore: bool = typer.Option(False, "--no-ignore", help="Disregard .gitignore/.ignore/.recallignore and the OS-junk list."),
+    exclude: List[str] = typer.Option([], "--exclude", "-x", help="Skip paths matching this gitignore-style glob (repeatable).", metavar="GLOB"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or mps."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Model weights file or folder (manual placement)."),
+    json_log: bool = typer.Option(False, "--json-log", help="Log one JSON object per line on stderr."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="More detail."),
+) -> None:
+    """Keep the index live while files change, and answer queries warm.
+
+    Catches up with an index pass, then follows file events: each file is indexed once it has been
+    quiet for --delay seconds; moves keep their embeddings; a full pass every --reconcile seconds
+    catches anything missed.  Ctrl-C / SIGTERM finish the current batch and exit 0."""
+    setup_logging(quiet, verbose)
+
+    def action():
+        from .indexer import IndexOptions
+        from .paths import resolve_db
+        from .scan import ScanOptions
+        from .watch import WatchOptions, parse_delay_patterns, watch_roots
+
+        options = WatchOptions(
+            index=IndexOptions(model=model, device=device, weights=str(weights) if weights else None,
+                               scan=ScanOptions(hidden=hidden, no_ignore=no_ignore, excludes=tuple(exclude))),
+            delay=delay, delay_patterns=parse_delay_patterns(delay_pattern), reconcile=reconcile, poll=poll,
+            serve=not no_serve, json_log=json_log, quiet=quiet, verbose=verbose)
+        return watch_roots([str(path) for path in paths], resolve_db(db), options)
+
+    raise typer.Exit(run_guarded(action, verbose))
 
 
 @app.command()

@@ -45,6 +45,9 @@ class IndexSummary:
     skipped: int = 0  # not a type the model embeds
     failed: int = 0
     units_encoded: int = 0
+    blocks_run: int = 0  # encoder blocks run for the encoded units (early exit: fewer than full)
+    blocks_full: int = 0  # what full depth would have run
+    cache_bytes: int = 0  # INT4 activation cache written this run
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
 
@@ -61,6 +64,9 @@ class IndexOptions:
     device: str | None = None
     dtype: str | None = None
     weights: str | None = None
+    full: bool = False  # --full: this index runs every block for every file, from now on
+    exit_policy: str | None = None  # exits.parse_policy spec; None: $RECALL_EXIT_POLICY or auto
+    cache_budget: str | None = None  # e.g. "2GiB"; stored in the index
 
 
 def bind_model(manifest: Manifest, requested: str | None) -> str:
@@ -105,14 +111,38 @@ def index_roots(roots: list[str], db_dir: Path, options: IndexOptions = IndexOpt
     roots = check_roots(roots)
     ensure_private_dir(db_dir)
     with WriterLock(db_dir, "index"):
-        manifest = Manifest(db_dir)
-        try:
-            model_name = bind_model(manifest, options.model)
-            run = _IndexRun(db_dir, manifest, model_name, options, progress)
+        summary = index_locked(db_dir, roots, options, progress)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def index_locked(db_dir: Path, roots: list[str], options: IndexOptions = IndexOptions(),
+                 progress: Callable[[int, int], None] | None = None, paths: list[str] | None = None,
+                 path_filter=None, should_stop: Callable[[], bool] | None = None,
+                 maintain: bool = True) -> IndexSummary:
+    """One index pass by a caller that already holds the WriterLock (index_roots, `recall watch`).
+
+    `paths` None: the whole roots (checked to exist).  Otherwise only those paths (watch events):
+    each is stat'ed; a file is planned as usual, a directory is walked (and recorded files under it
+    that are gone are pruned), an absent path is pruned with everything recorded under it.  Paths
+    under a root that is missing are left alone.  `should_stop` ends the apply phase early (what was
+    flushed stays; pruning waits for a complete pass)."""
+    started = time.perf_counter()
+    manifest = Manifest(db_dir)
+    try:
+        model_name = bind_model(manifest, options.model)
+        run = _IndexRun(db_dir, manifest, model_name, options, progress)
+        run.should_stop = should_stop or (lambda: False)
+        run.maintain = maintain
+        if paths is None:
             summary = run.execute(roots)
-            manifest.set_meta("last_index_at", str(time.time()))
-        finally:
-            manifest.close()
+        else:
+            from .scan import PathFilter
+
+            summary = run.execute_paths(paths, path_filter or PathFilter(roots, options.scan))
+        manifest.set_meta("last_index_at", str(time.time()))
+    finally:
+        manifest.close()
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -131,6 +161,23 @@ class _IndexRun:
         self.pending_units: list[tuple[str, object]] = []  # (path, Unit)
         self.pending_files: dict[str, tuple[FileEntry, str, str, bool]] = {}  # path -> entry, hash, modality, is_new
         self.wrote = False
+        self.should_stop: Callable[[], bool] = lambda: False
+        self.maintain = True  # compact after writing (`recall watch` does it when idle instead)
+        self._policy = None
+        if options.full:
+            manifest.set_meta("full_depth", "1")
+
+    @property
+    def policy(self):
+        """The exit policy of this run: full depth for a --full index, else exits.parse_policy."""
+        if self._policy is None:
+            from .exits import FullDepthPolicy, parse_policy
+
+            if self.manifest.get_meta("full_depth") == "1":
+                self._policy = FullDepthPolicy()
+            else:
+                self._policy = parse_policy(self.options.exit_policy, self.db_dir, self.model_name)
+        return self._policy
 
     # lazily opened: an unchanged tree never imports lancedb or torch
     @property
@@ -163,14 +210,61 @@ class _IndexRun:
         gone = [path for path in known if path not in {entry.path for entry in report.files}
                 and not any(path == bad or path.startswith(bad + "/") for bad in unreadable)]
         self._record_scan_problems(report.problems, roots)
+        return self._apply_all(todo, gone, known)
+
+    def _apply_all(self, todo, gone: list[str], known: dict[str, FileRecord]) -> IndexSummary:
+        stopped = False
         for done, (entry, record) in enumerate(todo, 1):
+            if self.should_stop():
+                stopped = True
+                break
             self._apply(entry, record)
             self.progress(done, len(todo))
         self._flush()
-        self._prune(gone, known)
-        if self.wrote:
+        if not stopped:
+            self._prune(gone, known)
+        if self.wrote or self.options.cache_budget:
+            from .cache import enforce_budget, resolve_budget
+
+            budget = resolve_budget(self.manifest, self.options.cache_budget)
+            if self.wrote:
+                enforce_budget(self.store, self.manifest, budget)
+        if self.wrote and self.maintain:
             self.store.maintain()
         return self.summary
+
+    def execute_paths(self, paths: list[str], path_filter) -> IndexSummary:
+        """Apply changes at some paths only (see index_locked)."""
+        from .scan import ScanReport
+
+        report, entries, known, gone = ScanReport(), {}, {}, set()
+        live_roots = {root for root in path_filter.roots if os.path.isdir(root)}
+        for path in sorted(set(paths)):
+            root = path_filter.root_of(path)
+            if root is None or root not in live_roots:
+                continue  # outside the roots, or the root is missing/unmounted: never "all deleted"
+            recorded = self.manifest.files_under([path]) | self.manifest.records([path])
+            known.update(recorded)
+            try:
+                is_dir = os.path.isdir(path) and not os.path.islink(path)
+            except OSError:
+                is_dir = False
+            if is_dir:
+                sub = path_filter.walk(path)
+                report.problems.extend(sub.problems)
+                found = {entry.path: entry for entry in sub.files}
+            else:
+                entry = path_filter.file(path, report) if os.path.lexists(path) else None
+                found = {path: entry} if entry is not None else {}
+            entries.update(found)
+            gone.update(recorded.keys() - found.keys())
+        unreadable = [path for path, _ in report.problems]
+        gone = sorted(path for path in gone if path not in entries and not any(
+            path == bad or path.startswith(bad + "/") for bad in unreadable))
+        known.update(self.manifest.records([path for path in entries if path not in known]))
+        todo = self._plan(list(entries.values()), known)
+        self._record_scan_problems(report.problems, sorted(live_roots) or path_filter.roots)
+        return self._apply_all(todo, gone, known)
 
     def _plan(self, entries: list[FileEntry], known: dict[str, FileRecord]):
         todo = []
@@ -253,6 +347,9 @@ class _IndexRun:
             self.store.delete_stale({entry.path: (content_hash, len(rows))})
             self.manifest.upsert([FileRecord(entry.path, entry.root, entry.size, entry.mtime_ns,
                                              content_hash, modality, "ok", None, len(rows))])
+            from .cache import exit_groups
+
+            self.manifest.set_exits(entry.path, *exit_groups(rows))
             self.summary.moved += 1
             self.wrote = True
             return True
@@ -263,7 +360,7 @@ class _IndexRun:
             return
         from .pipeline import encode_units
 
-        encoded = encode_units(self.model, [unit for _, unit in self.pending_units])
+        encoded = encode_units(self.model, [unit for _, unit in self.pending_units], policy=self.policy)
         rows, errors, counts = [], {}, {}
         for (path, unit), result in zip(self.pending_units, encoded):
             if result.vector is None:
@@ -293,7 +390,14 @@ class _IndexRun:
             else:
                 self.summary.updated += 1
         self.manifest.upsert(records)
+        from .cache import exit_groups
+
+        for path in done:
+            self.manifest.set_exits(path, *exit_groups([row for row in rows if row["path"] == path]))
         self.summary.units_encoded += len(rows)
+        self.summary.blocks_run += sum(row["exit_block"] for row in rows)
+        self.summary.blocks_full += sum(row["depth"] for row in rows)
+        self.summary.cache_bytes += sum(len(row["cache"]) for row in rows if row["cache"])
         self.wrote = True
         self.pending_units, self.pending_files = [], {}
 

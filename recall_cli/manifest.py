@@ -39,6 +39,21 @@ MIGRATIONS: list[str] = [
     CREATE INDEX files_root ON files(root);
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    # 2: early exit (issue 4): per file and exit block, how many units stopped there, how many are
+    # refined, and their INT4 cache entries; `stats` and the cache budget read this, not LanceDB
+    """
+    CREATE TABLE unit_exits (
+        path TEXT NOT NULL,
+        modality TEXT,
+        exit_block INTEGER NOT NULL,   -- blocks the units really ran at index time
+        depth INTEGER NOT NULL,
+        units INTEGER NOT NULL,
+        refined INTEGER NOT NULL,      -- of those units, how many hold their full-depth embedding
+        cache_units INTEGER NOT NULL,  -- units with an INT4 cache entry
+        cache_bytes INTEGER NOT NULL,
+        PRIMARY KEY (path, exit_block)
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -107,6 +122,18 @@ class Manifest:
                 found[row[0]] = FileRecord(*row)
         return found
 
+    def records(self, paths: list[str]) -> dict[str, FileRecord]:
+        """The recorded files among `paths`, by path."""
+        found: dict[str, FileRecord] = {}
+        for start in range(0, len(paths), 500):
+            chunk = paths[start:start + 500]
+            rows = self.conn.execute(
+                "SELECT path, root, size, mtime_ns, hash, modality, status, error, units FROM files "
+                f"WHERE path IN ({', '.join('?' * len(chunk))})", chunk)
+            for row in rows:
+                found[row[0]] = FileRecord(*row)
+        return found
+
     def paths_with_hash(self, content_hash: str) -> list[str]:
         rows = self.conn.execute("SELECT path FROM files WHERE hash = ? AND status = 'ok'", (content_hash,))
         return [row[0] for row in rows]
@@ -120,9 +147,37 @@ class Manifest:
             "status=excluded.status, error=excluded.error, units=excluded.units, indexed_at=excluded.indexed_at",
             [(r.path, r.root, r.size, r.mtime_ns, r.hash, r.modality, r.status, r.error, r.units, now)
              for r in records])
+        self.conn.executemany("DELETE FROM unit_exits WHERE path = ?",  # no rows left: no exits
+                              [(r.path,) for r in records if r.status != "ok"])
 
     def delete(self, paths: list[str]) -> None:
         self.conn.executemany("DELETE FROM files WHERE path = ?", [(path,) for path in paths])
+        self.conn.executemany("DELETE FROM unit_exits WHERE path = ?", [(path,) for path in paths])
+
+    # --- early exit bookkeeping (issue 4) ---------------------------------------------------
+    def set_exits(self, path: str, modality: str | None, groups: list[tuple[int, int, int, int, int, int]]) -> None:
+        """Replace a file's exit records: groups of (exit_block, depth, units, refined,
+        cache_units, cache_bytes)."""
+        self.conn.execute("DELETE FROM unit_exits WHERE path = ?", (path,))
+        self.conn.executemany(
+            "INSERT INTO unit_exits(path, modality, exit_block, depth, units, refined, cache_units, cache_bytes) "
+            "VALUES(?, ?, ?, ?, ?, ?, ?, ?)", [(path, modality, *group) for group in groups])
+
+    def exit_summary(self) -> list[tuple]:
+        """(modality, exit_block, depth, units, refined, cache_units, cache_bytes) summed over files."""
+        return list(self.conn.execute(
+            "SELECT modality, exit_block, depth, sum(units), sum(refined), sum(cache_units), sum(cache_bytes) "
+            "FROM unit_exits GROUP BY modality, exit_block, depth ORDER BY modality, exit_block"))
+
+    def cache_groups(self) -> list[tuple]:
+        """(path, exit_block, depth, cache_bytes, indexed_at) of every group holding cache bytes."""
+        return list(self.conn.execute(
+            "SELECT e.path, e.exit_block, e.depth, e.cache_bytes, f.indexed_at FROM unit_exits e "
+            "JOIN files f ON f.path = e.path WHERE e.cache_bytes > 0"))
+
+    def release_cache_groups(self, groups: list[tuple[str, int]]) -> None:
+        self.conn.executemany("UPDATE unit_exits SET cache_units = 0, cache_bytes = 0 "
+                              "WHERE path = ? AND exit_block = ?", groups)
 
     def counts(self) -> dict:
         """Files by status and by modality, and units by modality (for `stats`)."""

@@ -1,5 +1,6 @@
-"""Encode units into stored vectors.  Today: full depth.  Early exit plugs in here (issue 4)
-through the same layered-encoder interface."""
+"""Encode units into stored vectors, with early exit (exits.py) and the INT4 activation cache
+(quant.py): a unit that stops before full depth gets its coarse embedding and the quantised hidden
+state at its exit block; a full-depth unit gets its fine embedding and no cache."""
 
 from __future__ import annotations
 
@@ -22,9 +23,14 @@ class Encoded:
     error: str | None = None
 
 
-def encode_units(model: LayeredEncoder, units: list[Unit]) -> list[Encoded]:
+def encode_units(model: LayeredEncoder, units: list[Unit], full: bool = False, policy=None) -> list[Encoded]:
     """One Encoded per unit, in order.  A batch that fails is retried unit by unit so one bad
-    input costs only itself."""
+    input costs only itself.  `full`: every unit runs every block; else `policy` (an
+    exits.ExitPolicy; default: exits.parse_policy(None), i.e. $RECALL_EXIT_POLICY or full depth
+    until a predictor exists) picks each unit's exit block."""
+    from .exits import FullDepthPolicy, parse_policy
+
+    policy = FullDepthPolicy() if full else (policy or parse_policy(None))
     results: list[Encoded | None] = [None] * len(units)
     by_modality: dict[str, list[int]] = {}
     for index, unit in enumerate(units):
@@ -35,17 +41,25 @@ def encode_units(model: LayeredEncoder, units: list[Unit]) -> list[Encoded]:
         size = BATCH_SIZE.get(modality, 8)
         for start in range(0, len(indices), size):
             batch = indices[start:start + size]
-            for index, encoded in zip(batch, _encode_batch(model, modality, [units[i] for i in batch])):
+            for index, encoded in zip(batch, _encode_batch(model, modality, [units[i] for i in batch], policy)):
                 results[index] = encoded
     return results  # type: ignore[return-value]
 
 
-def _encode_batch(model: LayeredEncoder, modality: str, units: list[Unit]) -> list[Encoded]:
-    depth = model.depth(modality)
+def _encode_batch(model: LayeredEncoder, modality: str, units: list[Unit], policy) -> list[Encoded]:
+    from .exits import encode_with_exits
+    from .quant import encode_blob
+
     try:
-        vectors = model.encode(modality, [unit.data for unit in units]).cpu().numpy()
-        return [Encoded(vector, depth, depth, True) for vector in vectors]
+        out = encode_with_exits(model, modality, [unit.data for unit in units], policy)
+        vectors = out.vectors.numpy()
+        results = []
+        for vector, exit_block, states in zip(vectors, out.exits, out.states):
+            refined = exit_block == out.depth
+            cache = encode_blob(states) if states and not refined else None
+            results.append(Encoded(vector, exit_block, out.depth, refined, cache))
+        return results
     except Exception as error:  # noqa: BLE001 - isolate the failing unit below
         if len(units) == 1:
             return [Encoded(None, error=f"encoding failed: {type(error).__name__}: {error}".splitlines()[0])]
-    return [encoded for unit in units for encoded in _encode_batch(model, modality, [unit])]
+    return [encoded for unit in units for encoded in _encode_batch(model, modality, [unit], policy)]

@@ -153,3 +153,85 @@ def _file_entry(entry: os.DirEntry, root: str, is_link: bool, all_roots: list[st
             report.ignored += 1  # directory links are not descended (no loops, no escapes)
         return None
     return FileEntry(path=entry.path, root=root, size=info.st_size, mtime_ns=info.st_mtime_ns)
+
+
+class PathFilter:
+    """The walk's decisions for single paths (watch events): which root a path belongs to, whether
+    it is ignored (hidden, junk, --exclude, ignore files of every ancestor), and a walk of one
+    subtree with the right inherited ignore rules.  Ignore specs are cached per directory;
+    `forget(directory)` drops the cache at and below a directory whose ignore file changed."""
+
+    def __init__(self, roots: list[str], options: ScanOptions = ScanOptions()):
+        self.roots = sorted((normalize_root(root) for root in roots), key=len, reverse=True)
+        self.options = options
+        self._stacks: dict[str, _IgnoreStack] = {}
+        self._excludes = {root: _IgnoreStack([(root, pathspec.GitIgnoreSpec.from_lines(list(options.excludes)))]
+                                             if options.excludes else []) for root in self.roots}
+
+    def root_of(self, path: str) -> str | None:
+        return next((root for root in self.roots if path == root or path.startswith(root.rstrip(os.sep) + os.sep)),
+                    None)
+
+    def forget(self, directory: str) -> None:
+        prefix = directory.rstrip(os.sep) + os.sep
+        for key in [key for key in self._stacks if key == directory or key.startswith(prefix)]:
+            del self._stacks[key]
+
+    def _stack(self, directory: str, root: str) -> _IgnoreStack:
+        """Ignore rules in force inside `directory` (its own ignore files included)."""
+        cached = self._stacks.get(directory)
+        if cached is None:
+            parent = _IgnoreStack([]) if directory == root else self._stack(os.path.dirname(directory), root)
+            cached = parent if self.options.no_ignore else parent.push(directory)
+            self._stacks[directory] = cached
+        return cached
+
+    def ignored(self, path: str, is_dir: bool) -> bool:
+        """True when scan_roots would not reach `path` (or it lies outside every root)."""
+        root = self.root_of(path)
+        if root is None:
+            return True
+        if path == root:
+            return False
+        parts = os.path.relpath(path, root).split(os.sep)
+        current, excludes = root, self._excludes[root]
+        for depth, name in enumerate(parts):
+            last = depth == len(parts) - 1
+            child, child_is_dir = os.path.join(current, name), (is_dir if last else True)
+            if name in IGNORE_FILES or (not self.options.hidden and name.startswith(".")) or (
+                    not self.options.no_ignore and is_junk(name)):
+                return True
+            stack = self._stack(current, root)
+            if (excludes.layers and excludes.ignored(child, child_is_dir)) or (
+                    stack.layers and stack.ignored(child, child_is_dir)):
+                return True
+            current = child
+        return False
+
+    def walk(self, directory: str) -> ScanReport:
+        """What scan_roots finds under `directory` (a directory inside a root, not ignored)."""
+        report = ScanReport()
+        root = self.root_of(directory)
+        if root is None or self.ignored(directory, True):
+            return report
+        stack = _IgnoreStack([]) if directory == root else self._stack(os.path.dirname(directory), root)
+        report.files.extend(_walk(root, directory, stack, self._excludes[root], self.options, self.roots, report))
+        return report
+
+    def file(self, path: str, report: ScanReport) -> FileEntry | None:
+        """The entry scan_roots would give for the file at `path` (None: not an indexable file)."""
+        root = self.root_of(path)
+        if root is None or self.ignored(path, False):
+            return None
+        try:
+            info = os.lstat(path)
+        except OSError:
+            return None
+        if statmod.S_ISDIR(info.st_mode):
+            return None
+        return _file_entry(_PathOnly(path), root, statmod.S_ISLNK(info.st_mode), self.roots, report)
+
+
+@dataclass(frozen=True)
+class _PathOnly:
+    path: str  # what _file_entry reads of an os.DirEntry
