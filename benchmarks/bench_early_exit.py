@@ -69,7 +69,7 @@ def _minilm_quality(model, docs, log) -> tuple[dict, dict]:
     sample_docs = [docs[i] for i in sample]
     for L in range(1, depth):
         out = exits.encode_with_exits(model, "text", sample_docs, exits.FixedPolicy(L))
-        blobs = [quant.encode_blob(states) for states in out.states]
+        blobs = [quant.encode_blob(states, L) for states in out.states]
         decoded = [quant.decode_blob(blob) for blob in blobs]
         for exact, approx in zip(out.states, decoded):
             int4[L]["rel"].append(quant.relative_error(exact[0], approx[0]))

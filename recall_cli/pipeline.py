@@ -56,7 +56,7 @@ def _encode_batch(model: LayeredEncoder, modality: str, units: list[Unit], polic
         results = []
         for vector, exit_block, states in zip(vectors, out.exits, out.states):
             refined = exit_block == out.depth
-            cache = encode_blob(states) if states and not refined else None
+            cache = encode_blob(states, exit_block) if states and not refined else None
             results.append(Encoded(vector, exit_block, out.depth, refined, cache))
         return results
     except Exception as error:  # noqa: BLE001 - isolate the failing unit below

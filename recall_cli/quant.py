@@ -19,13 +19,15 @@ cosine >= 0.997 (mean 0.998) with the one from the exact state (64 docstrings; g
 Storage: 0.5 byte per value + 4 bytes (two fp16) per 32 values = 0.625 byte per value, i.e. a
 6.4x reduction from fp32.
 
-Blob layout (little endian), version 1:
+Blob layout (little endian), version 2:
     magic   4s   b"RQ4C"
-    version u8   1
+    version u8   2
     dtype   u8   dtype of the original hidden state (0 fp32, 1 fp16, 2 bf16)
     group   u16  group size
     dim     u32  hidden dimension D
     nseq    u32  number of sequences
+    block   u16  blocks that had run when the state was taken: refinement resumes at this block
+                 (the exit block, or an earlier un-adapted block once exits are healed)
     lengths nseq x u32   real tokens of each sequence (their sum is N)
     scales  N x G fp16   (G = ceil(D / group))
     lows    N x G fp16
@@ -40,11 +42,11 @@ import numpy as np
 
 GROUP_SIZE = 32
 MAGIC = b"RQ4C"
-VERSION = 1
+VERSION = 2
 LEVELS = 15  # 4 bits: codes 0..15
 
 _DTYPES = ["float32", "float16", "bfloat16"]
-_HEADER = struct.Struct("<4sBBHII")
+_HEADER = struct.Struct("<4sBBHIIH")
 
 
 class CacheFormatError(ValueError):
@@ -98,9 +100,9 @@ def dequantize(codes, scales, lows, dim: int, group: int = GROUP_SIZE):
     return torch.from_numpy(np.ascontiguousarray(x.reshape(*x.shape[:-2], groups * group)[..., :dim]))
 
 
-def encode_blob(sequences, group: int = GROUP_SIZE) -> bytes:
+def encode_blob(sequences, block: int, group: int = GROUP_SIZE) -> bytes:
     """Quantise the real tokens of one item's sequences (a list of [len_i, D] tensors, padding
-    already removed) into one self-describing blob."""
+    already removed), the state after `block` blocks, into one self-describing blob."""
     if not sequences:
         raise ValueError("an item has at least one sequence")
     dim = int(sequences[0].shape[-1])
@@ -109,16 +111,16 @@ def encode_blob(sequences, group: int = GROUP_SIZE) -> bytes:
     lengths = [int(seq.shape[0]) for seq in sequences]
     tokens = np.concatenate([_numpy(seq).reshape(-1, dim) for seq in sequences])
     codes, scales, lows = quantize(tokens, group)
-    header = _HEADER.pack(MAGIC, VERSION, dtype_code, group, dim, len(lengths))
+    header = _HEADER.pack(MAGIC, VERSION, dtype_code, group, dim, len(lengths), block)
     return b"".join([header, struct.pack(f"<{len(lengths)}I", *lengths),
                      scales.astype("<f2").tobytes(), lows.astype("<f2").tobytes(), codes.tobytes()])
 
 
 def blob_info(blob: bytes) -> dict:
-    """The header of a blob: version, dtype, group, dim, lengths (and the derived sizes)."""
+    """The header of a blob: version, dtype, group, dim, lengths, block (and the derived sizes)."""
     if len(blob) < _HEADER.size:
         raise CacheFormatError("cache blob too short")
-    magic, version, dtype_code, group, dim, nseq = _HEADER.unpack_from(blob, 0)
+    magic, version, dtype_code, group, dim, nseq, block = _HEADER.unpack_from(blob, 0)
     if magic != MAGIC:
         raise CacheFormatError("not an INT4 cache blob")
     if version != VERSION:
@@ -130,7 +132,7 @@ def blob_info(blob: bytes) -> dict:
     if len(blob) != expected:
         raise CacheFormatError(f"cache blob has {len(blob)} bytes, expected {expected}")
     return {"version": version, "dtype": _DTYPES[dtype_code], "group": group, "dim": dim,
-            "lengths": lengths, "tokens": tokens, "groups": groups, "bytes": len(blob)}
+            "block": block, "lengths": lengths, "tokens": tokens, "groups": groups, "bytes": len(blob)}
 
 
 def decode_blob(blob: bytes, device=None, dtype=None) -> list:

@@ -129,8 +129,8 @@ def test_imagebind_test_video_cache_holds_every_clip(monkeypatch):
     videos = [torch.rand(3, 3, 2, 224, 224), torch.rand(2, 3, 2, 224, 224)]  # 3 clips, 2 clips
     out = exits.encode_with_exits(model, "video", videos, ListPolicy([1, 2]))
     assert [i for i, _ in calls] == [0, 1] and [n for _, n in calls] == [5, 2]
-    blob = quant.encode_blob(out.states[0])
-    assert quant.blob_info(blob)["lengths"] == [257, 257, 257]
+    blob = quant.encode_blob(out.states[0], 1)
+    assert quant.blob_info(blob)["lengths"] == [257, 257, 257] and quant.blob_info(blob)["block"] == 1
     resumed = exits.resume(model, "video", [quant.decode_blob(blob)], [1])
     exact = exits.resume(model, "video", [out.states[0]], [1])
     full = model.encode("video", videos[:1])
@@ -218,7 +218,7 @@ def test_budget_enforcement_keeps_shallow_entries(tmp_path, minilm):
         out = exits.encode_with_exits(minilm, "text", [f"text {i}"], exits.FixedPolicy(exit_block))
         rows.append({"id": f"p{i}\x1f0", "path": f"/p{i}", "chunk": 0, "modality": "text",
                      "vector": out.vectors[0].tolist(), "exit_block": exit_block, "depth": 6,
-                     "refined": False, "cache": quant.encode_blob(out.states[0])})
+                     "refined": False, "cache": quant.encode_blob(out.states[0], exit_block)})
     store.upsert(rows)
     for i, row in enumerate(rows):
         manifest.upsert([FileRecord(row["path"], "/", 1, 1, "h", "text", "ok", None, 1)])

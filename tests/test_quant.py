@@ -37,9 +37,9 @@ def test_error_is_within_half_a_step_of_each_group(group):
 def test_blob_round_trip_with_several_sequences_of_different_lengths():
     torch.manual_seed(1)
     sequences = [torch.randn(length, 40) for length in (7, 1, 19)]  # D not a multiple of the group
-    blob = quant.encode_blob(sequences)
+    blob = quant.encode_blob(sequences, 3)
     info = quant.blob_info(blob)
-    assert info["version"] == 1 and info["group"] == quant.GROUP_SIZE and info["dim"] == 40
+    assert info["version"] == 2 and info["block"] == 3 and info["group"] == quant.GROUP_SIZE and info["dim"] == 40
     assert info["lengths"] == [7, 1, 19] and info["dtype"] == "float32" and info["bytes"] == len(blob)
     decoded = quant.decode_blob(blob)
     assert [tuple(seq.shape) for seq in decoded] == [(7, 40), (1, 40), (19, 40)]
@@ -51,7 +51,7 @@ def test_blob_round_trip_with_several_sequences_of_different_lengths():
 
 
 def test_blob_keeps_dtype_and_rejects_foreign_or_truncated_data():
-    blob = quant.encode_blob([torch.randn(5, 64).to(torch.bfloat16)])
+    blob = quant.encode_blob([torch.randn(5, 64).to(torch.bfloat16)], 1)
     assert quant.decode_blob(blob)[0].dtype == torch.bfloat16
     assert quant.decode_blob(blob, dtype=torch.float32)[0].dtype == torch.float32
     with pytest.raises(quant.CacheFormatError):
@@ -68,7 +68,7 @@ def test_real_hidden_state_round_trip_error_and_resumed_embedding(minilm):
              "Train timetable from Berlin to Munich."]
     out = exits.encode_with_exits(minilm, "text", texts, exits.FixedPolicy(3))
     exact_states = out.states
-    blobs = [quant.encode_blob(states) for states in exact_states]
+    blobs = [quant.encode_blob(states, 3) for states in exact_states]
     decoded = [quant.decode_blob(blob) for blob in blobs]
     for states, approx in zip(exact_states, decoded):
         assert quant.relative_error(states[0], approx[0]) < 0.1  # measured ~0.09 at group 32
