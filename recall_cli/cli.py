@@ -132,11 +132,18 @@ def report_index(summary, json_out: bool, quiet: bool) -> None:
 
 @app.command()
 def query(
-    text: str = typer.Argument(..., help="What to look for; '-' reads one query per line from stdin."),
+    text: Optional[str] = typer.Argument(None, help="What to look for: plain text, or weighted terms like '\"beach\" + 2:\"dog\" - \"people\"'; '-' reads one query per line from stdin."),
     limit: int = typer.Option(10, "--limit", "-n", min=1, help="Results per query."),
     offset: int = typer.Option(0, "--offset", min=0, help="Skip this many results first."),
     modality: Optional[str] = typer.Option(None, "--type", "-t", help="Only image, video, audio or text."),
     within: Optional[Path] = typer.Option(None, "--in", help="Only files under this directory.", metavar="DIR"),
+    like: Optional[Path] = typer.Option(None, "--like", help="Use this file (photo, sound, text...) as the query, added to TEXT if given.", metavar="FILE"),
+    since: Optional[str] = typer.Option(None, "--since", help="Only files modified on or after DATE (YYYY-MM-DD or ISO datetime).", metavar="DATE"),
+    until: Optional[str] = typer.Option(None, "--until", help="Only files modified on or before DATE (YYYY-MM-DD: that whole day).", metavar="DATE"),
+    min_score: Optional[float] = typer.Option(None, "--min-score", help="Drop results scoring below this cosine similarity.", metavar="SCORE"),
+    budget: Optional[float] = typer.Option(None, "--budget", min=0.0, help="Seconds to spend refining coarse candidates (default 0.5).", metavar="SECONDS"),
+    exact: bool = typer.Option(False, "--exact", help="Refine every candidate the ranking could depend on (no time budget)."),
+    no_refine: bool = typer.Option(False, "--no-refine", help="Rank by stored embeddings only; refine nothing."),
     json_out: bool = typer.Option(False, "--json", help="One JSON array of results."),
     jsonl: bool = typer.Option(False, "--jsonl", help="One JSON object per result line."),
     paths_only: bool = typer.Option(False, "-l", "--files", help="Paths only, one per line."),
@@ -154,18 +161,28 @@ def query(
         from .server import warm_query
 
         fmt = resolve_format(json_out, jsonl, paths_only, nul, sys.stdout)
-        texts = read_queries(text)
+        if exact and no_refine:
+            raise RecallError("choose one of --exact and --no-refine")
+        if text is None and like is None:
+            raise RecallError("say what to look for: a TEXT query, '-' for stdin, or --like FILE")
+        texts = read_queries(text) if text is not None else [""]
         db_dir = resolve_db(db)
+        extra = {"like": str(like) if like else None, "since": since, "until": until, "min_score": min_score,
+                 "refine": "exact" if exact else "off" if no_refine else "auto", "budget": budget}
         # a running `recall watch` answers with its model already loaded (no torch/lancedb here)
         per_query = None if device else warm_query(db_dir, texts, limit, offset, modality,
-                                                   str(within) if within else None)
+                                                   str(within) if within else None, **extra)
+        searcher = None
         if per_query is None:
             from .search import QueryOptions, Searcher
 
             options = QueryOptions(limit=limit, offset=offset, modality=modality,
-                                   within=str(within) if within else None)
-            per_query = Searcher(db_dir, device=device).search(texts, options)
+                                   within=str(within) if within else None, **extra)
+            searcher = Searcher(db_dir, device=device)
+            per_query = searcher.search(texts, options)
         write_results(per_query, fmt)
+        if searcher is not None:  # results first, then make the index more exact
+            searcher.write_back()
         return EXIT_OK if any(per_query) else EXIT_NO_RESULTS
 
     raise typer.Exit(run_guarded(action, verbose))
@@ -243,9 +260,65 @@ def watch(
 
 
 @app.command()
-def heal(db: Optional[Path] = DbOption) -> None:
-    """Train the early-exit adapters on the indexed collection (not available yet)."""
-    raise fail("`recall heal` is not available yet: this version indexes at full depth, nothing to heal")
+def heal(
+    db: Optional[Path] = DbOption,
+    budget: float = typer.Option(10.0, "--budget", min=0.2, help="Minutes to spend (training, predictor).", metavar="MINUTES"),
+    exits: Optional[str] = typer.Option(None, "--exits", help="Exit blocks to heal, e.g. 2,3,4 (default: the model's exit points).", metavar="LIST"),
+    mode: str = typer.Option("lora", "--mode", help="lora: LoRA in the blocks + exit heads; heads: exit heads only."),
+    target_compute: float = typer.Option(0.6, "--target-compute", min=0.05, max=1.0, help="Predictor labels keep mean blocks per file at or below this fraction of full depth."),
+    refresh_only: bool = typer.Option(False, "--refresh-only", help="Only bring stale coarse embeddings up to date."),
+    json_out: bool = typer.Option(False, "--json", help="Print the heal report as JSON on stdout."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="More detail."),
+) -> None:
+    """Train the early-exit adapters and the exit predictor on the indexed collection, then bring
+    stored coarse embeddings up to date."""
+    setup_logging(False, verbose)
+
+    def action():
+        import json
+
+        from .heal import HealOptions
+        from .heal_run import refresh_stale, run_heal
+        from .paths import resolve_db
+        from .progress import heal_progress
+
+        if mode not in ("lora", "heads"):
+            raise RecallError(f"unknown --mode {mode!r}; use lora or heads")
+        try:
+            exit_list = tuple(int(part) for part in exits.split(",")) if exits else None
+        except ValueError:
+            raise RecallError(f"--exits takes block numbers like 2,3,4, not {exits!r}") from None
+        db_dir = resolve_db(db)
+        with heal_progress() as (on_step, on_refresh):
+            if refresh_only:
+                report = {"refresh": refresh_stale(db_dir, on_refresh)}
+            else:
+                options = HealOptions(budget_minutes=budget, mode=mode, exits=exit_list,
+                                      target_compute=target_compute)
+                report = run_heal(db_dir, options, on_step, on_refresh)
+        if json_out:
+            typer.echo(json.dumps(report, indent=2, default=str))
+        else:
+            typer.echo(format_heal(report), err=True)
+        return EXIT_OK
+
+    raise typer.Exit(run_guarded(action, verbose))
+
+
+def format_heal(report: dict) -> str:
+    lines = []
+    if "version" in report:
+        lines.append(f"recall: healed adapters v{report['version']} ({report['adapter_bytes'] / 1024:.0f} KiB)")
+    for modality, info in report.get("modalities", {}).items():
+        cos = ", ".join(f"{e}: {c.get('heldout_mean', c['train_mean']):.3f}" for e, c in info["cosine"].items())
+        accuracy = info["predictor"].get("heldout_accuracy")
+        lines.append(f"  {modality}: exits {info['exits']}, cosine to full depth (held-out files) {cos}; "
+                     f"predictor held-out accuracy {accuracy if accuracy is None else round(accuracy, 3)}, "
+                     f"mean blocks {info['label_mean_blocks']:.2f} of {info['depth']}")
+    refresh = report.get("refresh", {})
+    lines.append(f"  refreshed {refresh.get('refreshed', 0)} stale coarse embeddings"
+                 + (f" ({refresh['failed']} could not be re-read)" if refresh.get("failed") else ""))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":  # pragma: no cover

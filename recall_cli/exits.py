@@ -272,9 +272,13 @@ class ExitPolicy:
 
     name = "policy"
     needs_superficial = True
+    healed_source = None  # HealedSource: the index's healed exit path, once `recall heal` ran
 
     def is_full(self, modality: str) -> bool:
         return False
+
+    def healed_for(self, model, modality: str):
+        return self.healed_source.get(model, modality) if self.healed_source else None
 
     def choose(self, modality: str, plan: ExitPlan, superficial) -> list[int]:
         raise NotImplementedError
@@ -344,10 +348,42 @@ class PredictorPolicy(ExitPolicy):
         return [plan.snap(max(exit_block, plan.k0)) for exit_block in predictor.predict(superficial)]
 
 
+class HealedSource:
+    """Loads the index's healed exit path (heal.load_healed) once per modality, on first use."""
+
+    def __init__(self, db_dir: Path):
+        self.db_dir = Path(db_dir)
+        self.loaded: dict[str, Any] = {}
+
+    def get(self, model, modality: str):
+        if modality not in self.loaded:
+            from .heal import load_healed
+
+            self.loaded[modality] = load_healed(self.db_dir, model, modality)
+        return self.loaded[modality]
+
+
 def parse_policy(spec: str | None, db_dir: Path | None = None, model_name: str | None = None) -> ExitPolicy:
-    """auto | full | predictor | fixed:L | mix:L=p,... (see the module docstring)."""
+    """auto | full | predictor | fixed:L | mix:L=p,... (see the module docstring).  Once the
+    index is healed, every policy but `full` uses the healed exits and the healed predictor."""
+    policy = _parse_policy(spec, db_dir, model_name)
+    if db_dir is not None and not isinstance(policy, FullDepthPolicy):
+        from .heal import current_version
+
+        if current_version(Path(db_dir)):
+            policy.healed_source = HealedSource(Path(db_dir))
+    return policy
+
+
+def _parse_policy(spec: str | None, db_dir: Path | None, model_name: str | None) -> ExitPolicy:
     spec = (spec or os.environ.get(POLICY_ENV) or "auto").strip().lower()
     predictor_path = Path(db_dir) / PREDICTOR_FILE if db_dir else None
+    if db_dir is not None:
+        from .heal import current_dir
+
+        healed_dir = current_dir(Path(db_dir))
+        if healed_dir is not None and (healed_dir / PREDICTOR_FILE).exists():
+            predictor_path = healed_dir / PREDICTOR_FILE
     if spec == "full":
         return FullDepthPolicy()
     if spec in ("auto", "predictor"):
@@ -379,6 +415,8 @@ class ExitOutput:
     exits: list[int]  # blocks each item really ran
     depth: int
     states: list[list[Any] | None] = field(default_factory=list)  # per item: [len_i, D] per sequence
+    state_blocks: list[int | None] = field(default_factory=list)  # per item: blocks run when its state was taken
+    adapter_version: int = 0  # healed adapters used for the early exits (0: none)
     block_calls: int = 0  # block() calls made for this batch
     sequence_blocks: int = 0  # sum over block calls of sequences processed
 
@@ -403,55 +441,108 @@ def _item_states(batch, local_items: list[int]) -> list[list[Any]]:
     return out
 
 
+class _BasePath:
+    """The un-adapted model: states are cached at the exit block itself."""
+
+    def __init__(self, model, modality: str, out: ExitOutput):
+        self.model, self.modality, self.out = model, modality, out
+
+    def run(self, batch, start: int, stop: int):
+        for index in range(start, stop):
+            batch = batch.with_hidden(self.model.block(self.modality, index, batch.hidden, batch.mask))
+            self.out.block_calls += 1
+            self.out.sequence_blocks += int(batch.hidden.shape[0])
+        return batch
+
+    def embed(self, batch, exit_block: int):
+        return self.model.embed(batch, exit_block)
+
+    def resume_block(self, exit_block: int) -> int:
+        return exit_block
+
+
+class _HealedPath(_BasePath):
+    """Healed exits (heal.HealedExits): adapted blocks and exit heads; states cached where they
+    are still un-adapted, so refinement through the base blocks stays exact."""
+
+    def __init__(self, healed, modality: str, out: ExitOutput):
+        super().__init__(healed.model, modality, out)
+        self.healed = healed
+
+    def run(self, batch, start: int, stop: int):
+        self.out.block_calls += stop - start
+        self.out.sequence_blocks += (stop - start) * int(batch.hidden.shape[0])
+        return self.healed.run(batch, start, stop)
+
+    def embed(self, batch, exit_block: int):
+        return self.healed.embed(batch, exit_block)
+
+    def resume_block(self, exit_block: int) -> int:
+        return self.healed.resume_block(exit_block)
+
+
 def encode_with_exits(model, modality: str, data: list[Any], policy: ExitPolicy,
                       plan: ExitPlan | None = None, keep_states: bool = True) -> ExitOutput:
     """Encode one batch with early exit (see the module docstring).  Items that exit before full
-    depth get their coarse embedding and (keep_states) the hidden state of their real tokens."""
+    depth get their coarse embedding and (keep_states) the hidden state of their real tokens.
+    With a healed index, items going to full depth continue on the base blocks and the others on
+    the healed path."""
     plan = plan or exit_plan(model, modality)
     n = len(data)
-    vectors = torch.zeros(n, model.dim)
-    states: list[list[Any] | None] = [None] * n
-    out = ExitOutput(vectors, [plan.depth] * n, plan.depth, states)
-
-    def run(batch, start, stop):
-        for index in range(start, stop):
-            batch = batch.with_hidden(model.block(modality, index, batch.hidden, batch.mask))
-            out.block_calls += 1
-            out.sequence_blocks += int(batch.hidden.shape[0])
-        return batch
-
+    out = ExitOutput(torch.zeros(n, model.dim), [plan.depth] * n, plan.depth, [None] * n, [None] * n)
+    base = _BasePath(model, modality, out)
     with torch.inference_mode():
         batch = model.tokenize(modality, data)
         if policy.is_full(modality):
-            batch = run(batch, 0, plan.depth)
+            batch = base.run(batch, 0, plan.depth)
             out.vectors = model.embed(batch, plan.depth).float().cpu()
             return out
-        batch = run(batch, 0, plan.k0)
+        batch = base.run(batch, 0, plan.k0)
         superficial = model.embed(batch, plan.k0)
         exits = [plan.snap(max(int(e), plan.k0)) for e in policy.choose(modality, plan, superficial)]
         out.exits = exits
-        alive = list(range(n))  # global item index of local item i in `batch`
-        position = plan.k0
-        for point in sorted(set(exits)):
-            if point > position:
-                batch = run(batch, position, point)
-                position = point
-            stopping = [local for local, item in enumerate(alive) if exits[item] == point]
-            if not stopping:
-                continue
-            done = batch.select_items(stopping)
-            emb = superficial[stopping] if point == plan.k0 else model.embed(done, point)
-            for local, vector in zip(stopping, emb.float().cpu()):
-                out.vectors[alive[local]] = vector
-            if keep_states and point < plan.depth:
-                for local, item_states in zip(stopping, _item_states(done, list(range(len(stopping))))):
-                    states[alive[local]] = item_states
-            keep = [local for local, item in enumerate(alive) if exits[item] != point]
-            if not keep:
-                break
-            batch = _trim(batch.select_items(keep))
-            alive = [alive[local] for local in keep]
+        healed = policy.healed_for(model, modality)
+        if healed is None:
+            _advance(base, batch, list(range(n)), exits, plan, keep_states)
+            return out
+        out.adapter_version = healed.version
+        full = [i for i, e in enumerate(exits) if e == plan.depth]
+        early = [i for i, e in enumerate(exits) if e < plan.depth]
+        for path, items in ((base, full), (_HealedPath(healed, modality, out), early)):
+            if items:
+                _advance(path, _trim(batch.select_items(items)), items, exits, plan, keep_states)
     return out
+
+
+def _advance(path, group, alive: list[int], exits: list[int], plan: ExitPlan, keep_states: bool) -> None:
+    """Run `group` (the items `alive`, hidden state after k0) along `path`: at each exit point the
+    items stopping there get their embedding and leave, and the batch shrinks.  Each item's state
+    is kept (for the INT4 cache) at the block the path says refinement resumes from."""
+    out, position = path.out, plan.k0
+
+    def keep_states_here():
+        wanted = [local for local, item in enumerate(alive) if exits[item] < plan.depth
+                  and out.states[item] is None and path.resume_block(exits[item]) == position]
+        for local, item_states in zip(wanted, _item_states(group, wanted)):
+            out.states[alive[local]] = item_states
+            out.state_blocks[alive[local]] = position
+
+    if keep_states:
+        keep_states_here()
+    for point in sorted({exits[item] for item in alive}):
+        if point > position:
+            group = path.run(group, position, point)
+            position = point
+            if keep_states:
+                keep_states_here()
+        stopping = [local for local, item in enumerate(alive) if exits[item] == point]
+        for local, vector in zip(stopping, path.embed(group.select_items(stopping), point).float().cpu()):
+            out.vectors[alive[local]] = vector
+        keep = [local for local, item in enumerate(alive) if exits[item] != point]
+        if not keep:
+            break
+        group = _trim(group.select_items(keep))
+        alive = [alive[local] for local in keep]
 
 
 def resume(model, modality: str, states: list[list[Any]], exits: list[int], plan: ExitPlan | None = None):

@@ -408,7 +408,7 @@ class _IndexRun:
             "snippet": unit.snippet[:SNIPPET_CHARS], "size": entry.size, "mtime_ns": entry.mtime_ns,
             "model": self.model_name, "vector": result.vector.tolist(),
             "exit_block": result.exit_block, "depth": result.depth, "refined": result.refined,
-            "cache": result.cache, "adapter_version": 0, "indexed_at": time.time(),
+            "cache": result.cache, "adapter_version": result.adapter_version, "indexed_at": time.time(),
         }
 
     def _finish_failed(self, entry: FileEntry, content_hash, modality, reason: str) -> None:

@@ -60,10 +60,12 @@ def _write_tables(per_query: list[list[dict]], stream: TextIO) -> None:
         table.add_column("#", justify="right", style="dim")
         table.add_column("score", justify="right")
         table.add_column("type")
+        table.add_column("refined", justify="center")
         table.add_column("path", style="cyan", overflow="fold")
         table.add_column("snippet", style="dim", max_width=60, overflow="ellipsis", no_wrap=True)
         for result in results:
             snippet = " ".join(result.get("snippet", "").split())
-            table.add_row(str(result["rank"]), f"{result['score']:.3f}", result["modality"],
+            refined = "yes" if result.get("refined") else "no" if "refined" in result else ""
+            table.add_row(str(result["rank"]), f"{result['score']:.3f}", result["modality"], refined,
                           result["path"], snippet)
         console.print(table)

@@ -20,6 +20,7 @@ class Encoded:
     depth: int = 0
     refined: bool = False  # vector is the full-depth embedding
     cache: bytes | None = None  # INT4 activation at the exit block, for later refinement
+    adapter_version: int = 0  # healed adapters the coarse vector was made with (0: none / fine)
     error: str | None = None
 
 
@@ -54,10 +55,11 @@ def _encode_batch(model: LayeredEncoder, modality: str, units: list[Unit], polic
         out = encode_with_exits(model, modality, [unit.data for unit in units], policy)
         vectors = out.vectors.numpy()
         results = []
-        for vector, exit_block, states in zip(vectors, out.exits, out.states):
+        for vector, exit_block, states, block in zip(vectors, out.exits, out.states, out.state_blocks):
             refined = exit_block == out.depth
-            cache = encode_blob(states, exit_block) if states and not refined else None
-            results.append(Encoded(vector, exit_block, out.depth, refined, cache))
+            cache = encode_blob(states, block if block is not None else exit_block) if states and not refined else None
+            results.append(Encoded(vector, exit_block, out.depth, refined, cache,
+                                   0 if refined else out.adapter_version))
         return results
     except Exception as error:  # noqa: BLE001 - isolate the failing unit below
         if len(units) == 1:

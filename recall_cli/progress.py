@@ -27,3 +27,36 @@ def index_progress(enabled: bool = True):
             progress.update(task, completed=done, total=total, rate=rate)
 
         yield update
+
+
+@contextmanager
+def heal_progress():
+    """Yields (on_step(stage, step, loss), on_refresh(done, total)); rich display on a terminal,
+    else one log line per stage."""
+    import logging
+
+    log = logging.getLogger("recall")
+    if not sys.stderr.isatty():
+        seen = set()
+
+        def on_step(stage, step, loss):
+            if stage not in seen:
+                seen.add(stage)
+                log.info("healing %s", stage)
+
+        yield on_step, None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    with Progress(TextColumn("{task.description}"), TextColumn("{task.fields[detail]}"), BarColumn(),
+                  MofNCompleteColumn(), console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("healing", total=None, detail="")
+
+        def on_step(stage, step, loss):
+            progress.update(task, description=f"healing {stage}", detail=f"step {step} loss {loss:.4f}")
+
+        def on_refresh(done, total):
+            progress.update(task, description="refreshing coarse embeddings", detail="", completed=done, total=total)
+
+        yield on_step, on_refresh

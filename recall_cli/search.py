@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .errors import RecallError
 from .manifest import Manifest
 from .models import MODALITIES_ALL, load_model
+
+log = logging.getLogger("recall")
 
 
 @dataclass(frozen=True)
@@ -19,6 +24,12 @@ class QueryOptions:
     within: str | None = None  # only files under this directory
     device: str | None = None
     weights: str | None = None
+    like: str | None = None  # a file whose embedding is (part of) the query
+    since: str | None = None  # only files modified at or after this date (querylang.parse_date)
+    until: str | None = None  # ... at or before this date
+    min_score: float | None = None  # drop results scoring below this
+    refine: str = "auto"  # auto (within budget) | exact (every candidate) | off
+    budget: float | None = None  # refinement latency budget in seconds (None: refine.DEFAULT_BUDGET_S)
 
 
 def build_filter(options: QueryOptions) -> str | None:
@@ -32,6 +43,13 @@ def build_filter(options: QueryOptions) -> str | None:
     if options.within:
         directory = os.path.realpath(os.path.expanduser(options.within)).rstrip("/") + "/"
         clauses.append(f"starts_with(path, {sql_str(directory)})")
+    if options.since or options.until:
+        from .querylang import parse_date
+
+        if options.since:
+            clauses.append(f"mtime_ns >= {parse_date(options.since)}")
+        if options.until:
+            clauses.append(f"mtime_ns <= {parse_date(options.until, end=True)}")
     return " AND ".join(clauses) or None
 
 
@@ -57,24 +75,116 @@ class Searcher:
             raise RecallError(f"this index was built with {model_version}, but the installed model is "
                               f"{self.model.version}; rebuild it into a new --db")
 
+        self.db_dir = Path(db_dir)
+        self.writes_locked = False  # True inside `recall watch`, which holds the writer lock
+        self.refiner = None
+
     def search(self, texts: list[str], options: QueryOptions) -> list[list[dict]]:
+        """One ranked result list per query text (query language: querylang.py).  A text of ""
+        with options.like is the file alone.  Fine embeddings computed on the way wait in
+        self.refiner until write_back()."""
+        from .querylang import parse_query
+
         if not texts:
             return []
-        vectors = _encode_queries(self.model, texts)
         where = build_filter(options)
-        return [self._rank(text, vector, options, where) for text, vector in zip(texts, vectors)]
+        if options.min_score is not None and not -1.0 <= options.min_score <= 1.0:
+            raise RecallError("--min-score is a cosine similarity between -1 and 1")
+        if options.budget is not None and options.budget < 0:
+            raise RecallError("--budget is a number of seconds, 0 or more")
+        parsed = [parse_query(text) if (text or not options.like) else [] for text in texts]
+        like = self._like_vector(options.like) if options.like else None
+        terms = sorted({term for query in parsed for _, term in query})
+        encoded = dict(zip(terms, _encode_queries(self.model, terms))) if terms else {}
+        results = []
+        for text, query in zip(texts, parsed):
+            vector = sum((weight * encoded[term] for weight, term in query), np.zeros(self.model.dim, np.float32))
+            if like is not None:
+                vector = vector + like
+            norm = float(np.linalg.norm(vector))
+            if norm < 1e-6:
+                raise RecallError(f"query {text!r}: the weighted terms cancel out")
+            label = text or f"like:{options.like}"
+            results.append(self._rank(label, (vector / norm).astype(np.float32), options, where))
+        return results
+
+    def _like_vector(self, like: str):
+        """Unit-norm full-depth embedding of a file given as the query (chunks averaged)."""
+        from .models.base import DecodeError
+        from .sniff import sniff_path
+
+        path = Path(os.path.expanduser(like))
+        try:
+            size = path.stat().st_size
+        except OSError:
+            raise RecallError(f"--like {like}: no such file") from None
+        modality = sniff_path(path, size) if path.is_file() else None
+        if modality is None or modality not in self.model.modalities:
+            raise RecallError(f"--like {like}: not a file model {self.model_name} can embed "
+                              f"({', '.join(self.model.modalities)})")
+        try:
+            units = self.model.file_units(path, modality)
+        except DecodeError as error:
+            raise RecallError(f"--like {like}: {error}") from None
+        if not units:
+            raise RecallError(f"--like {like}: nothing to embed in this file")
+        vectors = self.model.encode(modality, [unit.data for unit in units]).float().cpu().numpy()
+        mean = vectors.mean(axis=0)
+        return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
 
     def _rank(self, text: str, vector, options: QueryOptions, where: str | None) -> list[dict]:
+        from . import refine
+
         wanted = options.offset + options.limit
-        total = self.store.count()
-        fetch = max(wanted * 4, 32)
-        while True:
-            best = best_per_file(self.store.search(vector, fetch, where))
-            if len(best) >= wanted or fetch >= total:
-                break
-            fetch *= 4  # many chunks of few files: look deeper
+        manifest = Manifest(self.db_dir, create=False)
+        try:
+            candidates = refine.select_candidates(self.store, manifest, vector, wanted, where,
+                                                  options.modality, exact=options.refine == "exact")
+        finally:
+            manifest.close()
+        if options.refine != "off":
+            if self.refiner is None:
+                self.refiner = refine.Refiner(self.model, self.store)
+            budget = None if options.refine == "exact" else (
+                refine.DEFAULT_BUDGET_S if options.budget is None else options.budget)
+            waiting = [row for row in candidates if not row["refined"]]
+            report = self.refiner.refine(waiting, budget)
+            for row in candidates:
+                fine = report.fine.get(row["id"])
+                if fine is not None:
+                    row["vector"], row["refined"] = fine, True
+                    row["score"] = float(fine @ vector)
+            log.debug("query %r: %d candidates, %d waiting, %d refined (%d re-encoded, %d skipped) in %.0f ms",
+                      text, len(candidates), len(waiting), report.refined, report.reencoded, report.skipped,
+                      report.seconds * 1000)
+        best = best_per_file(candidates)
+        if options.min_score is not None:
+            best = [row for row in best if row["score"] >= options.min_score]
         results = best[options.offset:wanted]
         return [dict(query=text, rank=options.offset + rank, **row) for rank, row in enumerate(results, 1)]
+
+    def write_back(self) -> int:
+        """Write the fine embeddings computed by the queries so far into the index (the rows
+        become exact and release their cache).  Outside `recall watch` this takes the writer
+        lock without waiting; when another process is writing, nothing is written (the rows are
+        simply refined again next time).  Returns rows written."""
+        if self.refiner is None or not self.refiner.pending():
+            return 0
+        from .lock import WriterLock
+
+        manifest = Manifest(self.db_dir, create=False)
+        try:
+            if self.writes_locked:
+                return self.refiner.write_back(manifest)
+            try:
+                with WriterLock(self.db_dir, "query"):
+                    return self.refiner.write_back(manifest)
+            except RecallError as error:
+                log.debug("refined rows not written back: %s", error)
+                self.refiner.fine.clear()
+                return 0
+        finally:
+            manifest.close()
 
 
 def _encode_queries(model, texts: list[str]):

@@ -6,7 +6,9 @@ Protocol (version 1): the client connects, sends one JSON object and a newline, 
 object back until the server closes the connection.
 
     request:  {"protocol": 1, "version": "<recall version>", "op": "query", "texts": [...],
-               "limit": 10, "offset": 0, "modality": null, "within": "/abs/dir" | null}
+               "limit": 10, "offset": 0, "modality": null, "within": "/abs/dir" | null,
+               "like": "/abs/file" | null, "since": null, "until": null, "min_score": null,
+               "refine": "auto" | "exact" | "off", "budget": null}
               {"protocol": 1, "op": "status"}
     reply:    {"protocol": 1, "ok": true, "results": [[result, ...] per text]}
               {"protocol": 1, "ok": true, "status": {...}}          (op status)
@@ -87,15 +89,22 @@ def request(db_dir, payload: dict, timeout: float = 300.0) -> dict | None:
     return reply
 
 
+QUERY_EXTRAS = ("like", "since", "until", "min_score", "refine", "budget")
+
+
 def warm_query(db_dir, texts: list[str], limit: int, offset: int, modality: str | None,
-               within: str | None) -> list[list[dict]] | None:
-    """Results from the running watcher, or None (no watcher: load the model here)."""
+               within: str | None, **extra) -> list[list[dict]] | None:
+    """Results from the running watcher, or None (no watcher: load the model here).  `extra`:
+    the other query options (QUERY_EXTRAS), forwarded as they are."""
     if os.environ.get(NO_SERVER_ENV, "") not in ("", "0"):
         return None
     if within:
         within = os.path.realpath(os.path.expanduser(within))  # the server's cwd is not ours
+    if extra.get("like"):
+        extra["like"] = os.path.abspath(os.path.expanduser(extra["like"]))
     reply = request(db_dir, {"op": "query", "texts": texts, "limit": limit, "offset": offset,
-                             "modality": modality, "within": within})
+                             "modality": modality, "within": within,
+                             **{key: extra.get(key) for key in QUERY_EXTRAS}})
     if reply is None:
         return None
     if not reply.get("ok"):
@@ -110,9 +119,10 @@ def warm_query(db_dir, texts: list[str], limit: int, offset: int, modality: str 
 # --- `recall query` fast path: answered by a watcher before typer is even imported ------------------
 
 _FLAGS = {"--json": "json", "--jsonl": "jsonl", "-l": "paths", "--files": "paths", "-0": "nul", "--null": "nul",
-          "-v": "verbose", "--verbose": "verbose"}
+          "-v": "verbose", "--verbose": "verbose", "--exact": "exact", "--no-refine": "no_refine"}
 _VALUES = {"-n": "limit", "--limit": "limit", "--offset": "offset", "-t": "type", "--type": "type",
-           "--in": "in", "--db": "db"}
+           "--in": "in", "--db": "db", "--like": "like", "--since": "since", "--until": "until",
+           "--min-score": "min_score", "--budget": "budget"}
 
 
 def _parse_query_argv(argv: list[str]) -> dict | None:
@@ -145,14 +155,19 @@ def _parse_query_argv(argv: list[str]) -> dict | None:
                 value = args[index]
                 index += 1
             found[_VALUES[name]] = value
-    if found["text"] is None:
+    if found["text"] is None and found.get("like") is None:
         return None
+    if {"exact", "no_refine"} <= found["flags"]:
+        return None  # typer says why
     try:
         found["limit"] = int(found.get("limit", 10))
         found["offset"] = int(found.get("offset", 0))
+        for key in ("min_score", "budget"):
+            if key in found:
+                found[key] = float(found[key])
     except ValueError:
         return None
-    if found["limit"] < 1 or found["offset"] < 0:
+    if found["limit"] < 1 or found["offset"] < 0 or found.get("budget", 0) < 0:
         return None
     return found
 
@@ -176,14 +191,18 @@ def fast_query(argv: list[str]) -> int | None:
     try:
         fmt = resolve_format("json" in flags, "jsonl" in flags, "paths" in flags, "nul" in flags, sys.stdout)
         text = parsed["text"]
-        if text == "-":
+        if text is None:
+            texts = [""]  # --like alone
+        elif text == "-":
             texts = [line.strip() for line in sys.stdin if line.strip()]
         elif not text.strip():
             raise RecallError("empty query; say what to look for")
         else:
             texts = [text]
+        extra = {key: parsed.get(key) for key in ("like", "since", "until", "min_score", "budget")}
+        extra["refine"] = "exact" if "exact" in flags else "off" if "no_refine" in flags else "auto"
         per_query = warm_query(db_dir, texts, parsed["limit"], parsed["offset"], parsed.get("type"),
-                               parsed.get("in"))
+                               parsed.get("in"), **extra)
         if per_query is None:
             if text == "-":  # stdin is spent: hand the texts to the full CLI
                 sys.stdin = __import__("io").StringIO("\n".join(texts) + "\n")
@@ -261,6 +280,7 @@ class QueryServer:
             from .search import Searcher
 
             self._searcher = Searcher(self.db_dir, device=self.device, weights=self.weights)
+            self._searcher.writes_locked = True  # the watcher holds the writer lock
         return self._searcher
 
     def _serve(self) -> None:
@@ -293,6 +313,9 @@ class QueryServer:
             return
         reply = self.answer(payload)
         conn.sendall(json.dumps(dict(reply, protocol=PROTOCOL), ensure_ascii=False).encode())
+        conn.close()  # the client has its answer; now write back what the query refined
+        if self._searcher is not None:
+            self._searcher.write_back()
 
     def answer(self, payload: dict) -> dict:
         from .errors import RecallError
@@ -309,7 +332,8 @@ class QueryServer:
             searcher = self._get_searcher()
             searcher.store.table.checkout_latest()  # see what the watcher wrote since
             options = QueryOptions(limit=int(payload.get("limit", 10)), offset=int(payload.get("offset", 0)),
-                                   modality=payload.get("modality"), within=payload.get("within"))
+                                   modality=payload.get("modality"), within=payload.get("within"),
+                                   **{key: payload[key] for key in QUERY_EXTRAS if payload.get(key) is not None})
             return {"ok": True, "results": searcher.search(list(payload["texts"]), options)}
         except RecallError as error:
             self._searcher = None  # e.g. empty index: try again next time

@@ -29,9 +29,23 @@ def collect_stats(db_dir: Path) -> dict:
             "last_index_at": float(last) if last else None,
             "failures": [{"path": path, "error": error} for path, error in manifest.failures()],
             "early_exit": early_exit_stats(manifest),
+            "healing": healing_stats(db_dir),
         }
     finally:
         manifest.close()
+
+
+def healing_stats(db_dir: Path) -> dict:
+    """Adapter version in use and coarse rows made with other adapters (opens the vector store
+    only for a healed index)."""
+    from .heal import current_version
+
+    version = current_version(db_dir)
+    if not version:
+        return {"adapter_version": 0, "stale": 0}
+    from .heal_run import stale_count
+
+    return {"adapter_version": version, "stale": stale_count(db_dir)}
 
 
 def early_exit_stats(manifest: Manifest) -> dict:
@@ -97,6 +111,12 @@ def format_stats(stats: dict) -> str:
         per_unit = f", {human_bytes(int(ee['cache_bytes_per_unit']))} per unit" if ee["cache_units"] else ""
         lines.append(f"cache        {human_bytes(ee['cache_bytes'])} of {human_bytes(ee['cache_budget'])} budget "
                      f"({ee['cache_units']} units{per_unit})")
+    healing = stats.get("healing") or {}
+    if healing.get("adapter_version"):
+        lines.append(f"healing      adapters v{healing['adapter_version']}; {healing['stale']} coarse rows stale "
+                     "(refresh: `recall heal --refresh-only`)")
+    else:
+        lines.append("healing      not healed (exits use full depth until `recall heal`)")
     when = stats["last_index_at"]
     lines.append(f"last index   {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(when)) if when else 'never'}")
     if stats["failures"]:

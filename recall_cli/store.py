@@ -105,12 +105,13 @@ class Store:
     def rows_for_path(self, path: str) -> list[dict]:
         return self.table.search().where(f"path = {sql_str(path)}").limit(None).to_arrow().to_pylist()
 
-    def search(self, vector: np.ndarray, limit: int, where: str | None = None) -> list[dict]:
+    def search(self, vector: np.ndarray, limit: int, where: str | None = None, extra: tuple = ()) -> list[dict]:
+        """Nearest rows by dot product (`score`); `extra`: more columns to return (e.g. vector)."""
         query = self.table.search(vector.astype(np.float32)).distance_type("dot").limit(limit)
         if where:
             query = query.where(where, prefilter=True)
         columns = ["path", "chunk", "modality", "snippet", "exit_block", "depth", "refined", "mtime_ns",
-                   "_distance"]
+                   *extra, "_distance"]
         rows = query.select(columns).to_arrow().to_pylist()
         for row in rows:
             row["score"] = 1.0 - row.pop("_distance")

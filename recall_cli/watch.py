@@ -39,6 +39,7 @@ from typing import Callable
 from .errors import RecallError
 from .indexer import IndexOptions, IndexSummary, check_roots, index_locked
 from .lock import WriterLock
+from .refine import refine_idle
 from .manifest import Manifest
 from .paths import ensure_private_dir
 from .scan import IGNORE_FILES, PathFilter
@@ -62,7 +63,7 @@ def no_idle_work(db_dir: Path, should_stop: Callable[[], bool], budget_s: float)
     return False
 
 
-IDLE_WORK: Callable[[Path, Callable[[], bool], float], bool] = no_idle_work
+IDLE_WORK: Callable[[Path, Callable[[], bool], float], bool] = refine_idle  # speculative refinement
 
 INOTIFY_FIX = ("the system ran out of inotify {what} (fs.inotify.{key} = {value}); watching {root} by "
                "polling every {interval:g} s instead. To fix: sudo sysctl fs.inotify.{key}={bigger} "

@@ -48,6 +48,10 @@ def test_stats_on_missing_index_is_a_clear_error(cli):
     assert result.exit_code == 2 and "no index" in result.stderr
 
 
-def test_watch_and_heal_say_not_yet(cli, tmp_path):
-    result = cli("heal")  # watch is available now (tests/test_watch.py)
-    assert result.exit_code == 2 and "not available yet" in result.stderr
+def test_stats_reports_healing_state(cli, tmp_path):
+    root = tmp_path / "files"
+    write_files(root, {"a.md": "alpha notes"})
+    assert cli("index", root).exit_code == 0
+    stats = json.loads(cli("stats", "--json").stdout)
+    assert stats["healing"] == {"adapter_version": 0, "stale": 0}
+    assert "not healed" in cli("stats").stdout

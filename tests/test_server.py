@@ -49,6 +49,15 @@ def test_warm_results_equal_cold_results(served):
         assert warm.stdout == cold.stdout and warm.stdout.strip()
     results = json.loads(query(db, "kayak", "--json").stdout)
     assert results[0]["path"].endswith("kayak.md") and results[0]["rank"] == 1
+    # the query language and refinement options are forwarded to the watcher
+    for args in (('"boat" + 2:"lake" - "train"', "--json", "--since", "2000-01-01", "--until", "2999-12-31"),
+                 ("-", "--jsonl", "--min-score", "0.1", "--exact", "--budget", "1"),
+                 ("--like", root / "notes/kayak.md", "--json", "--no-refine", "-n", "2")):
+        stdin = QUERIES if "-" in args else None
+        warm = query(db, *args, input=stdin)
+        cold = query(db, *args, input=stdin, env=COLD)
+        assert warm.returncode == cold.returncode == 0, (warm.stderr, cold.stderr)
+        assert warm.stdout == cold.stdout and warm.stdout.strip()
 
 
 def test_warm_client_never_imports_heavy_modules(served):

@@ -135,12 +135,20 @@ class LayeredEncoder(ABC):
             hidden = self.block(batch.modality, index, hidden, batch.mask)
         return batch.with_hidden(hidden)
 
-    def embed(self, batch: Batch, exit_block: int):
+    def lora_targets(self, modality: str, index: int):
+        """(root module, names of block `index`'s nn.Linear layers inside it): where healing puts
+        LoRA adapters.  Models that support healing override this."""
+        raise NotImplementedError(f"{self.name} does not support healing")
+
+    def embed(self, batch: Batch, exit_block: int, exit_head=None):
         """Unit-norm item embeddings [n_items, dim] from a batch whose hidden state is after
-        `exit_block` blocks.  Sequences of one item are averaged, then normalised."""
+        `exit_block` blocks.  Sequences of one item are averaged, then normalised.  `exit_head`
+        (healing) maps each sequence's head output before the averaging."""
         import torch
 
         per_sequence = self.head(batch.modality, batch.hidden, batch.mask, exit_block).float()
+        if exit_head is not None:
+            per_sequence = exit_head(per_sequence)
         per_item = torch.zeros(batch.n_items, per_sequence.shape[1], device=per_sequence.device)
         per_item.index_add_(0, batch.owner, per_sequence)
         counts = torch.bincount(batch.owner, minlength=batch.n_items).clamp(min=1)

@@ -477,6 +477,11 @@ class ImageBindEncoder(LayeredEncoder):
     def block(self, modality: str, index: int, hidden, mask):
         return self.trunk(modality).run_block(index, hidden, mask)
 
+    def lora_targets(self, modality: str, index: int):
+        prefix = f"blocks.{index}."
+        return self.trunk(modality), [prefix + name for name in
+                                      ("attn.q", "attn.k", "attn.v", "attn.out", "mlp.fc1", "mlp.fc2")]
+
     def head(self, modality: str, hidden, mask, exit_block: int):
         return self.trunk(modality).head(hidden, mask)
 

@@ -97,6 +97,12 @@ class MiniLM(LayeredEncoder):
     def block(self, modality: str, index: int, hidden, mask):
         return self.bert.encoder.layer[index](hidden, mask)
 
+    def lora_targets(self, modality: str, index: int):
+        prefix = f"encoder.layer.{index}."
+        return self.bert, [prefix + name for name in (
+            "attention.self.query", "attention.self.key", "attention.self.value",
+            "attention.output.dense", "intermediate.dense", "output.dense")]
+
     def head(self, modality: str, hidden, mask, exit_block: int):
         """Mean of the real tokens (sentence-transformers' pooling); the base class normalises."""
         weights = mask.to(hidden.dtype)[..., None]
