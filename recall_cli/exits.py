@@ -506,6 +506,9 @@ def encode_with_exits(model, modality: str, data: list[Any], policy: ExitPolicy,
             _advance(base, batch, list(range(n)), exits, plan, keep_states)
             return out
         out.adapter_version = healed.version
+        # an exit this version did not heal (other --exits) moves to the next healed one
+        exits = [min([h for h in healed.exits if h >= e], default=plan.depth) for e in exits]
+        out.exits = exits
         full = [i for i, e in enumerate(exits) if e == plan.depth]
         early = [i for i, e in enumerate(exits) if e < plan.depth]
         for path, items in ((base, full), (_HealedPath(healed, modality, out), early)):

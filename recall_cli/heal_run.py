@@ -12,7 +12,6 @@ import fcntl
 import logging
 import os
 import random
-import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -144,7 +143,7 @@ def run_heal(db_dir: Path, options: HealOptions, progress: Callable[[str, int, f
             raise RecallError(f"too few indexed units to heal (need at least {MIN_UNITS} of one modality)")
         for modality, sample in samples.items():  # two passes over the sample must fit 25% of the budget
             fit_sample_to_budget(model, modality, sample, options.budget_minutes * 60 * PASSES_SHARE)
-        version = current_version(db_dir) + 1
+        version = next_version(db_dir)
         healed, reports, predictors, plans = {}, {}, {}, {}
         train_until = started + options.budget_minutes * 60 * TRAIN_SHARE
         modalities = sorted(samples)
@@ -162,8 +161,6 @@ def run_heal(db_dir: Path, options: HealOptions, progress: Callable[[str, int, f
                           predictor=predictor_report)
             reports[modality], predictors[modality], plans[modality] = report, predictor, plan
         folder = version_dir(db_dir, version)
-        if folder.exists():
-            shutil.rmtree(folder)  # left by an interrupted heal: never current
         summary = {"version": version, "model": model_name, "options": _options_dict(options),
                    "modalities": reports, "seconds_training": time.time() - started}
         save_healed(folder, healed, summary)
@@ -172,7 +169,11 @@ def run_heal(db_dir: Path, options: HealOptions, progress: Callable[[str, int, f
         save_predictors(folder / PREDICTOR_FILE, model_name, predictors, plans)
         summary["adapter_bytes"] = sum(f.stat().st_size for f in folder.iterdir())
         make_current(db_dir, version)
-    summary["refresh"] = refresh_stale(db_dir, refresh_progress)
+    try:
+        summary["refresh"] = refresh_stale(db_dir, refresh_progress)
+    except RecallError as busy:  # e.g. `recall watch` holds the writer lock: train now, refresh later
+        log.warning("%s; stale rows not refreshed: run `recall heal --refresh-only` later", busy)
+        summary["refresh"] = {"refreshed": 0, "skipped": str(busy)}
     summary["seconds"] = time.time() - started
     return summary
 
@@ -181,6 +182,12 @@ def _options_dict(options: HealOptions) -> dict:
     from dataclasses import asdict
 
     return asdict(options)
+
+
+def next_version(db_dir: Path) -> int:
+    """Above every version ever written (an interrupted heal's folder is never reused)."""
+    written = [int(d.name[1:]) for d in adapters_root(db_dir).glob("v*") if d.name[1:].isdigit()]
+    return max([current_version(db_dir), *written]) + 1
 
 
 def make_current(db_dir: Path, version: int) -> None:
@@ -247,11 +254,12 @@ def refresh_stale(db_dir: Path, progress: Callable[[int, int], None] | None = No
                 forced.healed_source = policy.healed_source
                 out = encode_with_exits(model, modality, [u.data for u in units], forced)
                 updates = []
-                for row, vector, states, block in zip(kept, out.vectors, out.states, out.state_blocks):
-                    update = {"id": row["id"], "vector": vector.tolist(), "adapter_version": out.adapter_version}
-                    if states:
-                        update["cache"] = encode_blob(states, block)
-                    updates.append(update)
+                for row, vector, states, block, exit_now in zip(kept, out.vectors, out.states, out.state_blocks,
+                                                                 out.exits):
+                    refined = exit_now == out.depth  # its exit is not healed in this version
+                    updates.append({"id": row["id"], "vector": vector.tolist(), "exit_block": exit_now,
+                                    "refined": refined, "adapter_version": 0 if refined else out.adapter_version,
+                                    "cache": encode_blob(states, block) if states and not refined else None})
                 _update_rows(store, updates)
                 manifest = Manifest(db_dir, create=False)
                 try:

@@ -125,3 +125,16 @@ def test_heal_refuses_clearly(tmp_path, healed_index):
     with heal_run.HealLock(db):
         busy = Cli(db)("heal", "--budget", "0.2")
     assert busy.exit_code == 2 and "another `recall heal` is running" in busy.stderr
+
+
+def test_heal_while_the_index_is_being_written_trains_and_defers_the_refresh(healed_index):
+    from recall_cli.lock import WriterLock
+
+    cli, root, db, _ = healed_index
+    before = heal.current_version(db)
+    with WriterLock(db, "watch"):  # as `recall watch` holds it
+        report = heal_run.run_heal(db, heal.HealOptions(budget_minutes=0.2, exits=(1, 2)))
+    assert heal.current_version(db) == report["version"] > before
+    assert report["refresh"]["refreshed"] == 0 and "being written by recall watch" in report["refresh"]["skipped"]
+    assert heal_run.refresh_stale(db)["refreshed"] > 0  # the deferred refresh, later
+    heal_run.make_current(db, before)
