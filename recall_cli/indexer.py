@@ -207,7 +207,8 @@ class _IndexRun:
         known = self.manifest.files_under(roots)
         todo = self._plan(report.files, known)
         unreadable = [path for path, _ in report.problems]
-        gone = [path for path in known if path not in {entry.path for entry in report.files}
+        present = {entry.path for entry in report.files}  # built once: this loop sees every known file
+        gone = [path for path in known if path not in present
                 and not any(path == bad or path.startswith(bad + "/") for bad in unreadable)]
         self._record_scan_problems(report.problems, roots)
         return self._apply_all(todo, gone, known)
