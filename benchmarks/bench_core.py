@@ -86,7 +86,8 @@ def quality_and_throughput(work: Path, rows: list[dict]) -> dict:
 def query_latency(db: Path, queries: list[str], cold_runs: int) -> dict:
     cold = []
     for text in queries[:cold_runs]:
-        measured = run_measured(recall_cmd("query", text, "--db", db, "--json", "-n", 10))
+        measured = run_measured(recall_cmd("query", text, "--db", db, "--json", "-n", 10),
+                                env={"RECALL_NO_SERVER": "1"})  # cold: never a running watcher
         assert measured["rc"] == 0, measured["stderr"]
         cold.append(measured["wall"])
     from recall_cli.search import QueryOptions, Searcher

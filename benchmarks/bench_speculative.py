@@ -13,8 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from .bench_core import batch_query, load_corpus, retrieval_metrics, write_corpus_files
-from .common import machine_info, machine_line, markdown_table, percentile, recall_cmd, run_measured, write_results
+from .bench_core import batch_query, load_corpus, query_latency, retrieval_metrics, write_corpus_files
+from .common import machine_info, machine_line, markdown_table, recall_cmd, run_measured, write_results
 
 MIX = "mix:2=0.4,4=0.4,6=0.2"  # 60% of full-depth blocks, used when no trained predictor exists
 
@@ -27,26 +27,6 @@ def _quality(db, rows, paths, extra=()):
     ranked_by_text, measured = batch_query(db, [row["query"] for row in rows], extra)
     ranked = {row["id"]: ranked_by_text.get(row["query"], []) for row in rows}
     return retrieval_metrics(ranked, {row["id"]: paths[row["id"]] for row in rows}), measured["wall"]
-
-
-def _latency(db: Path, queries: list[str], cold_runs: int) -> dict:
-    cold = []
-    for text in queries[:cold_runs]:
-        measured = run_measured(recall_cmd("query", text, "--db", db, "--json", "-n", 10),
-                                env={"RECALL_NO_SERVER": "1"})
-        cold.append(measured["wall"])
-    from recall_cli.search import QueryOptions, Searcher
-
-    searcher = Searcher(db)
-    searcher.search(["warm-up"], QueryOptions())
-    batch = []
-    for text in queries[cold_runs:]:
-        start = time.perf_counter()
-        searcher.search([text], QueryOptions())
-        batch.append(time.perf_counter() - start)
-    return {"cold_p50_s": percentile(cold, 0.5), "cold_p95_s": percentile(cold, 0.95), "cold_runs": len(cold),
-            "batch_p50_ms": 1000 * percentile(batch, 0.5), "batch_p95_ms": 1000 * percentile(batch, 0.95),
-            "batch_queries": len(batch)}
 
 
 def imagebind_cost(name: str = "imagebind-test", repeats: int = 3) -> list[dict]:
@@ -119,7 +99,7 @@ def main(quick: bool = False) -> str:
         exact_db = work / "db-exact"
         shutil.copytree(fresh, exact_db)
         exact_q, _ = _quality(exact_db, rows, paths, ("--exact",))
-        latency = _latency(fresh, [row["query"] for row in rows][: 40 if quick else 100], 8 if quick else 20)
+        latency = query_latency(fresh, [row["query"] for row in rows][: 40 if quick else 100], 8 if quick else 20)
         refined_per_query = (before["waiting_refinement"] - mid["waiting_refinement"]) / len(rows)
         cost = imagebind_cost()
     finally:
