@@ -146,9 +146,9 @@ class HealedExits:
 
 def fresh_model(name: str, device=None, weights=None):
     """A model instance of its own (not the per-process shared one) to carry adapters."""
-    from .models import _build_model
+    from .models import build_model
 
-    return _build_model(name, device, None, weights)
+    return build_model(name, device, None, weights)
 
 
 # ------------------------------------------------------------------------------------------------

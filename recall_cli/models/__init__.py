@@ -50,11 +50,12 @@ def load_model(name: str, device: str | None = None, dtype: str | None = None, w
     the same arguments (batch queries, the watch server and tests reuse it)."""
     key = (name, device, dtype, str(weights) if weights else None)
     if key not in _LOADED:
-        _LOADED[key] = _build_model(name, device, dtype, weights)
+        _LOADED[key] = build_model(name, device, dtype, weights)
     return _LOADED[key]
 
 
-def _build_model(name: str, device: str | None, dtype: str | None, weights):
+def build_model(name: str, device: str | None, dtype: str | None, weights):
+    """A new instance, not shared (healing puts adapters on its own copy)."""
     target = REGISTRY.get(name) or TEST_REGISTRY.get(check_model_name(name))
     module_name, factory_name = target.split(":")
     factory = getattr(importlib.import_module(module_name), factory_name)
