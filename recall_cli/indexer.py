@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .errors import RecallError
+from .errors import RecallError, first_line
 from .hashing import file_hash
 from .lock import WriterLock
 from .manifest import FileRecord, Manifest
@@ -441,8 +441,7 @@ def _unit_id(path: str, chunk: int) -> str:
 
 
 def _one_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    message = text[0] if text else type(error).__name__
     from .models.base import DecodeError
 
+    message = first_line(error)
     return message if isinstance(error, DecodeError) else f"{type(error).__name__}: {message}"

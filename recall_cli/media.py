@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import first_line
 from .models.base import DecodeError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -124,8 +125,7 @@ def _normalize(x: torch.Tensor, shape) -> torch.Tensor:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]
+    return first_line(exc, 200)
 
 
 # ------------------------------------------------------------------------------------------------
