@@ -7,6 +7,7 @@ results go to stdout, everything else to stderr.
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import List, Optional
 import typer
 
 from . import __version__
-from .errors import RecallError
+from .errors import RecallError, storage_error
 
 app = typer.Typer(
     name="recall",
@@ -59,6 +60,9 @@ def run_guarded(action, verbose: bool = False):
     except Exception as error:  # noqa: BLE001 - never a traceback for the user
         if verbose:
             raise
+        storage = storage_error(error)  # disk full, read-only disk, damaged file: what to do
+        if storage is not None and storage.reason not in (errno.EACCES, errno.EPERM):  # whose file?
+            raise fail(str(storage), storage.exit_code) from None
         first = (str(error).splitlines() or [""])[0]
         raise fail(f"unexpected error: {type(error).__name__}: {first} (rerun with -v for details)") from None
 
@@ -83,12 +87,14 @@ def index(
     hidden: bool = typer.Option(False, "--hidden", help="Include hidden files and directories."),
     no_ignore: bool = typer.Option(False, "--no-ignore", help="Disregard .gitignore/.ignore/.recallignore and the OS-junk list."),
     exclude: List[str] = typer.Option([], "--exclude", "-x", help="Skip paths matching this gitignore-style glob (repeatable).", metavar="GLOB"),
+    follow: bool = typer.Option(False, "--follow", "-L", help="Follow symlinks that lead out of the indexed directories (never by default)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Try files that failed last time again even if unchanged."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or mps."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Model weights file or folder (manual placement)."),
     full: bool = typer.Option(False, "--full", help="Full depth for this index from now on: every file runs every block (no early exit, no cache)."),
     exit_policy: Optional[str] = typer.Option(None, "--exit-policy", help="Early exit: auto (predictor once healed, else full depth), full, predictor, fixed:L, mix:L=p,...", metavar="POLICY"),
     cache_budget: Optional[str] = typer.Option(None, "--cache-budget", help="Byte budget of the INT4 activation cache, e.g. 2GiB (kept for this index).", metavar="SIZE"),
+    rebuild: bool = typer.Option(False, "--rebuild", help="Build the index again from PATH... (damaged, older or another model's index); the old one is replaced only once the new one is complete."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="More detail."),
@@ -107,9 +113,13 @@ def index(
         options = IndexOptions(model=model, retry_failed=retry_failed, device=device,
                                weights=str(weights) if weights else None, full=full,
                                exit_policy=exit_policy, cache_budget=cache_budget,
-                               scan=ScanOptions(hidden=hidden, no_ignore=no_ignore, excludes=tuple(exclude)))
+                               scan=ScanOptions(hidden=hidden, no_ignore=no_ignore, excludes=tuple(exclude),
+                                                 follow=follow))
+        build = index_roots
+        if rebuild:
+            from .rebuild import rebuild_roots as build
         with index_progress(enabled=not quiet) as progress:
-            summary = index_roots([str(path) for path in paths], resolve_db(db), options, progress)
+            summary = build([str(path) for path in paths], resolve_db(db), options, progress)
         report_index(summary, json_out, quiet)
         return EXIT_PARTIAL if summary.failed else EXIT_OK
 
@@ -230,6 +240,7 @@ def watch(
     hidden: bool = typer.Option(False, "--hidden", help="Include hidden files and directories."),
     no_ignore: bool = typer.Option(False, "--no-ignore", help="Disregard .gitignore/.ignore/.recallignore and the OS-junk list."),
     exclude: List[str] = typer.Option([], "--exclude", "-x", help="Skip paths matching this gitignore-style glob (repeatable).", metavar="GLOB"),
+    follow: bool = typer.Option(False, "--follow", "-L", help="Follow symlinks that lead out of the indexed directories (never by default)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or mps."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Model weights file or folder (manual placement)."),
     json_log: bool = typer.Option(False, "--json-log", help="Log one JSON object per line on stderr."),
@@ -251,7 +262,8 @@ def watch(
 
         options = WatchOptions(
             index=IndexOptions(model=model, device=device, weights=str(weights) if weights else None,
-                               scan=ScanOptions(hidden=hidden, no_ignore=no_ignore, excludes=tuple(exclude))),
+                               scan=ScanOptions(hidden=hidden, no_ignore=no_ignore, excludes=tuple(exclude),
+                                                 follow=follow)),
             delay=delay, delay_patterns=parse_delay_patterns(delay_pattern), reconcile=reconcile, poll=poll,
             serve=not no_serve, json_log=json_log, quiet=quiet, verbose=verbose)
         return watch_roots([str(path) for path in paths], resolve_db(db), options)

@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 
 from .errors import RecallError
+from .paths import real_path
 from .heal import (HEAL_LOCK, MIN_UNITS, CURRENT_FILE, HealOptions, Healer, Sample, adapters_root,
                    choose_labels, current_version, save_healed, version_dir)
 
@@ -74,7 +75,7 @@ def build_samples(model, store, options: HealOptions, deadline: float) -> dict[s
             if len(data) >= options.sample or time.time() > deadline:
                 break
             try:
-                units = model.file_units(Path(path), modality)
+                units = model.file_units(Path(real_path(path)), modality)
             except Exception:  # noqa: BLE001 - a file that no longer decodes is just not sampled
                 continue
             for unit in units:
@@ -242,7 +243,7 @@ def refresh_stale(db_dir: Path, progress: Callable[[int, int], None] | None = No
                 units, kept = [], []
                 for row in chunk_rows:  # re-decode: the healed state must start below the adapters
                     try:
-                        unit = next(u for u in model.file_units(Path(row["path"]), modality) if u.chunk == row["chunk"])
+                        unit = next(u for u in model.file_units(Path(real_path(row["path"])), modality) if u.chunk == row["chunk"])
                     except Exception:  # noqa: BLE001 - gone or broken: left stale, counted
                         failed += 1
                         continue

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .errors import RecallError, first_line
+from .errors import REBUILD_HINT, RecallError, first_line, storage_error
 from .hashing import file_hash
 from .lock import WriterLock
-from .manifest import FileRecord, Manifest
+from .manifest import TABLE_DIR, FileRecord, Manifest
 from .models import DEFAULT_MODEL, MODEL_MODALITIES, check_model_name
-from .paths import ensure_private_dir
+from .paths import check_writable, display_path, ensure_private_dir
 from .scan import FileEntry, ScanOptions, normalize_root, scan_roots
 from .sniff import sniff_path
 
@@ -31,6 +31,8 @@ log = logging.getLogger("recall")
 
 FLUSH_UNITS = 256  # units encoded and written per batch: bounds memory and lost work on a crash
 FLUSH_FILES = 64
+if os.environ.get("RECALL_FLUSH_UNITS"):  # smaller batches: tests make kill -9 land during writes
+    FLUSH_UNITS = FLUSH_FILES = max(1, int(os.environ["RECALL_FLUSH_UNITS"]))
 SNIPPET_CHARS = 2000  # a whole chunk of text fits: results can show the part that matched
 
 
@@ -79,7 +81,8 @@ def bind_model(manifest: Manifest, requested: str | None) -> str:
         return name
     if requested and requested != stored:
         raise RecallError(f"this index was built with model {stored!r}, not {requested!r}; "
-                          f"drop --model, or use another --db for {requested}")
+                          f"drop --model, or use another --db for {requested}, or replace this index "
+                          f"with `recall index --rebuild --model {requested} PATH...`")
     return stored
 
 
@@ -90,7 +93,7 @@ def check_model_version(manifest: Manifest, model) -> None:
         manifest.set_meta("dim", str(model.dim))
     elif stored != model.version:
         raise RecallError(f"this index was built with {stored}, but the installed model is "
-                          f"{model.version}; rebuild it into a new --db")
+                          f"{model.version}; {REBUILD_HINT}, or use another --db")
 
 
 def check_roots(roots: list[str]) -> list[str]:
@@ -109,7 +112,11 @@ def index_roots(roots: list[str], db_dir: Path, options: IndexOptions = IndexOpt
                 progress: Callable[[int, int], None] | None = None) -> IndexSummary:
     started = time.perf_counter()
     roots = check_roots(roots)
-    ensure_private_dir(db_dir)
+    try:
+        ensure_private_dir(db_dir)
+    except OSError as error:
+        raise (storage_error(error, db_dir) or error) from None
+    check_writable(db_dir)  # a read-only or full index fails here, before anything is written
     with WriterLock(db_dir, "index"):
         summary = index_locked(db_dir, roots, options, progress)
     summary.seconds = time.perf_counter() - started
@@ -131,6 +138,9 @@ def index_locked(db_dir: Path, roots: list[str], options: IndexOptions = IndexOp
     manifest = Manifest(db_dir)
     try:
         model_name = bind_model(manifest, options.model)
+        if manifest.has_units() and not (db_dir / TABLE_DIR).exists():
+            raise RecallError(f"the index at {db_dir} lists embedded files but its vector table "
+                              f"({TABLE_DIR}) is missing; {REBUILD_HINT}")
         run = _IndexRun(db_dir, manifest, model_name, options, progress)
         run.should_stop = should_stop or (lambda: False)
         run.maintain = maintain
@@ -141,6 +151,11 @@ def index_locked(db_dir: Path, roots: list[str], options: IndexOptions = IndexOp
 
             summary = run.execute_paths(paths, path_filter or PathFilter(roots, options.scan))
         manifest.set_meta("last_index_at", str(time.time()))
+    except Exception as error:  # a full or read-only disk: one clear line (what was written stays)
+        mapped = storage_error(error, db_dir)
+        if mapped is None or mapped is error:
+            raise
+        raise mapped from error
     finally:
         manifest.close()
     summary.seconds = time.perf_counter() - started
@@ -186,6 +201,8 @@ class _IndexRun:
             from .store import Store
 
             self._store = Store(self.db_dir)
+            dim = self.manifest.get_meta("dim")
+            self._store.check(int(dim) if dim else None, self.model_name, scan_rows=True)
         return self._store
 
     @property
@@ -200,6 +217,7 @@ class _IndexRun:
                 from .store import Store
 
                 self._store = Store(self.db_dir, dim=self._model.dim)
+            self.store.check(self._model.dim, self.model_name)
         return self._model
 
     def execute(self, roots: list[str]) -> IndexSummary:
@@ -291,14 +309,22 @@ class _IndexRun:
     def _fail(self, path: str, reason: str) -> None:
         self.summary.failed += 1
         self.summary.failures.append((path, reason))
-        log.warning("%s: %s", path, reason)
+        log.warning("%s: %s", display_path(path), reason)
 
     def _apply(self, entry: FileEntry, record: FileRecord | None) -> None:
         try:
             content_hash = file_hash(entry.path)
             modality = sniff_path(Path(entry.path), entry.size)
+        except FileNotFoundError:
+            # gone since the scan (deleted, or mid-replace by an editor): what a later scan would
+            # decide, now; if it comes back, the next run or watch event indexes it
+            self._prune([entry.path], {entry.path: record} if record is not None else {})
+            return
         except OSError as error:
             self._finish_failed(entry, None, None, f"cannot read: {error.strerror or error}")
+            return
+        if entry.size == 0:
+            self._finish_failed(entry, content_hash, modality, "empty file (0 bytes)")
             return
         if record is not None and record.hash == content_hash and record.status != "error":
             # touched, not changed: only the stat fields move
@@ -317,8 +343,9 @@ class _IndexRun:
             return
         if self._copy_existing(entry, content_hash, modality, record):
             return
+        model = self.model  # loading it (or finding the index unusable) is not this file's problem
         try:
-            units = self.model.file_units(Path(entry.path), modality)
+            units = model.file_units(Path(entry.path), modality)
         except Exception as error:  # noqa: BLE001 - one bad file never stops the run
             self._finish_failed(entry, content_hash, modality, _one_line(error))
             return
@@ -344,13 +371,13 @@ class _IndexRun:
                 row.pop("_distance", None)
                 row.update(id=_unit_id(entry.path, row["chunk"]), path=entry.path, root=entry.root,
                            size=entry.size, mtime_ns=entry.mtime_ns, indexed_at=time.time())
-            self.store.upsert(rows)
-            self.store.delete_stale({entry.path: (content_hash, len(rows))})
-            self.manifest.upsert([FileRecord(entry.path, entry.root, entry.size, entry.mtime_ns,
-                                             content_hash, modality, "ok", None, len(rows))])
+            self.store.upsert(rows, whole_files=[entry.path])  # its older rows go in the same commit
             from .cache import exit_groups
 
-            self.manifest.set_exits(entry.path, *exit_groups(rows))
+            with self.manifest.transaction():  # the record and its exit rows, or neither
+                self.manifest.upsert([FileRecord(entry.path, entry.root, entry.size, entry.mtime_ns,
+                                                 content_hash, modality, "ok", None, len(rows))])
+                self.manifest.set_exits(entry.path, *exit_groups(rows))
             self.summary.moved += 1
             self.wrote = True
             return True
@@ -371,11 +398,11 @@ class _IndexRun:
             counts[path] = counts.get(path, 0) + 1
             rows.append(self._row(entry, content_hash, unit, result))
         rows = [row for row in rows if row["path"] not in errors]
-        self.store.upsert(rows)
         done = {path: (self.pending_files[path][1], count) for path, count in counts.items()
                 if path not in errors}
-        if done:
-            self.store.delete_stale(done)
+        # one commit: the new rows, and the older rows of those files (another hash, chunks past
+        # the new count) gone, so a kill never leaves a file half old and half new
+        self.store.upsert(rows, whole_files=done)
         records = []
         for path, (entry, content_hash, modality, is_new) in self.pending_files.items():
             if path in errors:
@@ -390,11 +417,12 @@ class _IndexRun:
                 self.summary.added += 1
             else:
                 self.summary.updated += 1
-        self.manifest.upsert(records)
         from .cache import exit_groups
 
-        for path in done:
-            self.manifest.set_exits(path, *exit_groups([row for row in rows if row["path"] == path]))
+        with self.manifest.transaction():  # records and their exit rows, or none of them
+            self.manifest.upsert(records)
+            for path in done:
+                self.manifest.set_exits(path, *exit_groups([row for row in rows if row["path"] == path]))
         self.summary.units_encoded += len(rows)
         self.summary.blocks_run += sum(row["exit_block"] for row in rows)
         self.summary.blocks_full += sum(row["depth"] for row in rows)
@@ -426,12 +454,12 @@ class _IndexRun:
     def _prune(self, gone: list[str], known: dict[str, FileRecord]) -> None:
         if not gone:
             return
-        embedded = [path for path in gone if known[path].status == "ok"]
+        embedded = [path for path in gone if path in known and known[path].status == "ok"]
         if embedded and self.store.table is not None:
             self.store.delete_paths(embedded)
             self.wrote = True
         self.manifest.delete(gone)
-        self.summary.removed += len(gone)
+        self.summary.removed += sum(path in known for path in gone)
 
 
 def _unit_id(path: str, chunk: int) -> str:

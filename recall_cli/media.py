@@ -23,7 +23,6 @@ identical ones (identical average); video rotation metadata is ignored, as decor
 from __future__ import annotations
 
 import math
-import warnings
 from fractions import Fraction
 from pathlib import Path
 
@@ -37,6 +36,7 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGE_SIZE = 224
 MAX_IMAGE_PIXELS = 150_000_000  # larger images are refused (decompression-bomb guard)
+MAX_RESIZED_PIXELS = IMAGE_SIZE * IMAGE_SIZE * 64  # above (aspect > 64:1): crop before resizing
 
 VIDEO_CLIP_SECONDS = 2
 VIDEO_CLIPS = 5  # reference clips_per_video; also the cap for long videos
@@ -51,6 +51,8 @@ MEL_BINS = 128
 AUDIO_TARGET_FRAMES = 204
 AUDIO_MEAN = -4.268
 AUDIO_STD = 9.138
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 768_000  # outside: a corrupt header, refused
+MAX_RESAMPLE_TAPS = 2_000_000  # see working_rate
 
 
 # ------------------------------------------------------------------------------------------------
@@ -72,25 +74,36 @@ def _register_heif() -> None:
         _heif_registered = True
 
 
+# What ffmpeg may do with a file: read it from disk (no network, no other protocol) and parse it
+# with a container demuxer (never a playlist or concat script, which would open other files).
+FFMPEG_INPUT_OPTIONS = {
+    "protocol_whitelist": "file",
+    "format_whitelist": "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,ogg,mp3,wav,w64,flac,aac,aiff,"
+                        "asf,mpeg,mpegts,mpegvideo,m4v,h264,hevc,caf,amr,au,wv,ape,tta,dts,ac3,eac3",
+}
+
+
 def open_image(path: Path):
     """A fully loaded RGB PIL image with EXIF orientation applied.  DecodeError on any failure."""
     from PIL import Image, ImageOps
 
     _register_heif()
+    # Our own limit, checked from the header before any pixel is decoded, replaces PIL's
+    # (a warning at 89 Mpx, an error with a long message at 179 Mpx).
+    Image.MAX_IMAGE_PIXELS = None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                w, h = img.size
-                if w * h > MAX_IMAGE_PIXELS:
-                    raise DecodeError(f"image too large ({w}x{h} pixels, limit {MAX_IMAGE_PIXELS})")
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                return img.convert("RGB")
+        with Image.open(path) as img:
+            w, h = img.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise DecodeError(f"image too large to decode safely ({w}x{h} pixels; the limit is "
+                                  f"{MAX_IMAGE_PIXELS // 1_000_000} megapixels)")
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return img.convert("RGB")
     except DecodeError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DecodeError(f"image refused as a decompression bomb: {exc}") from None
+    except Image.UnidentifiedImageError:
+        raise DecodeError("cannot decode image: not a known image format, or damaged") from None
     except Exception as exc:
         raise DecodeError(f"cannot decode image: {_one_line(exc)}") from None
 
@@ -104,12 +117,19 @@ def preprocess_image(img) -> torch.Tensor:
         size = (IMAGE_SIZE, int(IMAGE_SIZE * h / w))
     else:
         size = (int(IMAGE_SIZE * w / h), IMAGE_SIZE)
-    if size != (w, h):
-        img = img.resize(size, Image.BICUBIC)
-    w, h = img.size
-    top = int(round((h - IMAGE_SIZE) / 2.0))
-    left = int(round((w - IMAGE_SIZE) / 2.0))
-    img = img.crop((left, top, left + IMAGE_SIZE, top + IMAGE_SIZE))
+    top = int(round((size[1] - IMAGE_SIZE) / 2.0))
+    left = int(round((size[0] - IMAGE_SIZE) / 2.0))
+    if size[0] * size[1] > MAX_RESIZED_PIXELS:
+        # Extreme aspect ratio (a 58396x20 strip would become 653995x224, 440 MB): resample only
+        # the source region under the centre crop.  Not bit-exact with resize-then-crop, so
+        # ordinary photos keep the reference path below.
+        sx, sy = w / size[0], h / size[1]
+        box = (left * sx, top * sy, (left + IMAGE_SIZE) * sx, (top + IMAGE_SIZE) * sy)
+        img = img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BICUBIC, box=box)
+    else:
+        if size != (w, h):
+            img = img.resize(size, Image.BICUBIC)
+        img = img.crop((left, top, left + IMAGE_SIZE, top + IMAGE_SIZE))
     x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
     return _normalize(x, (3, 1, 1))
 
@@ -125,7 +145,10 @@ def _normalize(x: torch.Tensor, shape) -> torch.Tensor:
 
 
 def _one_line(exc: BaseException) -> str:
-    return first_line(exc, 200)
+    """The library's reason without its errno number or the file name (the caller shows the name):
+    "[Errno 1094995529] Invalid data found when processing input: '/x.mp4'" -> "Invalid data ..."."""
+    reason = getattr(exc, "strerror", None)
+    return first_line(reason if isinstance(reason, str) and reason else exc, 200)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -197,12 +220,14 @@ def load_video(path: Path, clips: int = VIDEO_CLIPS) -> torch.Tensor:
     import av
 
     try:
-        container = av.open(str(path))
+        container = av.open(str(path), options=FFMPEG_INPUT_OPTIONS)
     except Exception as exc:
         raise DecodeError(f"cannot open video: {_one_line(exc)}") from None
     try:
         if not container.streams.video:
-            raise DecodeError("no video stream")
+            if container.streams.audio:
+                raise DecodeError("no video stream, only sound (rename it .m4a to index it as audio)")
+            raise DecodeError("no video stream (the file is truncated or damaged)")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         fps = float(stream.average_rate or stream.guessed_rate or 0)
@@ -394,28 +419,45 @@ def load_audio(path: Path, clips: int | None = None) -> torch.Tensor:
     """Audio file (or the audio of a video) -> [clips, 1, 128, 204]."""
     path = Path(path)
     reader = _SoundfileReader.open(path) or _PyAVReader.open(path)
-    if reader.frames <= 0 or reader.rate <= 0:
-        raise DecodeError("audio has zero length")
-    duration = reader.frames / reader.rate  # 16 kHz length: ceil(frames * 16000 / rate) samples
-    duration16 = math.ceil(reader.frames * SAMPLE_RATE / reader.rate) / SAMPLE_RATE
-    g = math.gcd(reader.rate, SAMPLE_RATE)
-    step_in, step_out = reader.rate // g, SAMPLE_RATE // g
-    margin = reader.rate // 20  # 50 ms of context on each side for the resampling filter
-
-    def read16k(a: int, b: int) -> torch.Tensor:
-        # native window aligned to the resampler's phase, so the result equals slicing a resampling
-        # of the whole file
-        lo = max(0, (a * reader.rate // SAMPLE_RATE - margin) // step_in * step_in)
-        hi = min(reader.frames, b * reader.rate // SAMPLE_RATE + margin)
-        native = reader.read(lo, hi)
-        y = resample(native, reader.rate, SAMPLE_RATE)
-        offset = lo // step_in * step_out
-        return y[a - offset : b - offset]
-
     try:
-        return _clips_from_segments(read16k, duration16 if duration else 0.0, clips)
+        if reader.frames <= 0 or reader.rate <= 0:
+            raise DecodeError("audio has zero length")
+        rate = working_rate(reader.rate)
+        duration = reader.frames / rate  # 16 kHz length: ceil(frames * 16000 / rate) samples
+        duration16 = math.ceil(reader.frames * SAMPLE_RATE / rate) / SAMPLE_RATE
+        g = math.gcd(rate, SAMPLE_RATE)
+        step_in, step_out = rate // g, SAMPLE_RATE // g
+        margin = rate // 20  # 50 ms of context on each side for the resampling filter
+
+        def read16k(a: int, b: int) -> torch.Tensor:
+            # native window aligned to the resampler's phase, so the result equals slicing a
+            # resampling of the whole file
+            lo = max(0, (a * rate // SAMPLE_RATE - margin) // step_in * step_in)
+            hi = min(reader.frames, b * rate // SAMPLE_RATE + margin)
+            native = reader.read(lo, hi)
+            y = resample(native, rate, SAMPLE_RATE)
+            offset = lo // step_in * step_out
+            return y[a - offset : b - offset]
+
+        out = _clips_from_segments(read16k, duration16 if duration else 0.0, clips)
     finally:
         reader.close()
+    if not torch.isfinite(out).all():  # float WAVs can hold NaN/inf (or overflow the spectrum)
+        raise DecodeError("audio has invalid samples (NaN or out-of-range values)")
+    return out
+
+
+def working_rate(rate: int) -> int:
+    """The sample rate a file is resampled from.  The resampling kernel has (16000/g) x (rate/g)
+    taps, g = gcd(rate, 16000): tiny for real rates (44100: 160 x 441), gigabytes for a corrupt or
+    odd header (44101 Hz: 16000 x 44101).  Such rates are snapped to the nearest 100 Hz (a pitch
+    change under 0.3% above 16 kHz); rates no audio format uses are refused."""
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise DecodeError(f"unsupported audio sample rate ({rate} Hz)")
+    g = math.gcd(rate, SAMPLE_RATE)
+    if (SAMPLE_RATE // g) * (rate // g) > MAX_RESAMPLE_TAPS:
+        rate = max(100, round(rate / 100) * 100)
+    return rate
 
 
 class _SoundfileReader:
@@ -428,6 +470,8 @@ class _SoundfileReader:
 
     @classmethod
     def open(cls, path: Path):
+        if _is_mpeg_audio(path):
+            return None  # libsndfile's mpg123 prints warnings on stderr for damaged MP3s; PyAV is quiet
         try:
             import soundfile
 
@@ -445,10 +489,20 @@ class _SoundfileReader:
             data = self.f.read(hi - lo, dtype="float32", always_2d=True)
         except Exception as exc:
             raise DecodeError(f"cannot decode audio: {_one_line(exc)}") from None
-        return torch.from_numpy(data.mean(axis=1))
+        with np.errstate(over="ignore", invalid="ignore"):  # NaN/1e38 samples: refused by load_audio
+            return torch.from_numpy(data.mean(axis=1))
 
     def close(self):
         self.f.close()
+
+
+def _is_mpeg_audio(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(3)
+    except OSError:
+        return False
+    return head == b"ID3" or (len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0)
 
 
 class _PyAVReader:
@@ -465,7 +519,7 @@ class _PyAVReader:
         import av
 
         try:
-            container = av.open(str(path))
+            container = av.open(str(path), options=FFMPEG_INPUT_OPTIONS)
         except Exception as exc:
             raise DecodeError(f"cannot open audio: {_one_line(exc)}") from None
         try:
@@ -475,24 +529,18 @@ class _PyAVReader:
             rate = int(stream.codec_context.sample_rate or stream.rate or 0)
             if rate <= 0:
                 raise DecodeError("audio has no sample rate")
-            parts = []
-            for frame in container.decode(stream):
-                arr = frame.to_ndarray()
-                if arr.dtype.kind in "iu":  # integer PCM -> [-1, 1)
-                    arr = arr.astype(np.float32) / float(np.iinfo(arr.dtype).max + 1)
-                arr = arr.astype(np.float32, copy=False)
-                channels = len(frame.layout.channels)
-                if frame.format.is_planar:
-                    mono = arr.reshape(channels, -1).mean(axis=0)
-                else:
-                    mono = arr.reshape(-1, channels).mean(axis=1)
-                parts.append(mono)
+            seconds = _stream_seconds(container, stream)
+            if seconds > LONG_AUDIO_SECONDS:
+                reader, container = _PyAVSeekingReader(container, stream, rate, int(seconds * rate)), None
+                return reader
+            parts = [_mono_samples(frame) for frame in container.decode(stream)]
         except DecodeError:
             raise
         except Exception as exc:
             raise DecodeError(f"cannot decode audio: {_one_line(exc)}") from None
         finally:
-            container.close()
+            if container is not None:
+                container.close()
         samples = np.concatenate(parts) if parts else np.zeros(0, np.float32)
         if len(samples) == 0:
             raise DecodeError("audio has zero length")
@@ -503,3 +551,58 @@ class _PyAVReader:
 
     def close(self):
         pass
+
+
+# Longer files are read by seeking to each clip, never decoded whole: three hours at 48 kHz
+# would be 2 GB of samples.  Shorter files keep the exact whole-stream decode.
+LONG_AUDIO_SECONDS = 600
+
+
+class _PyAVSeekingReader:
+    """Random access into a long compressed stream: seek a second before the window, decode
+    frames, and place their samples by timestamp."""
+
+    def __init__(self, container, stream, rate: int, frames: int):
+        self.container, self.stream = container, stream
+        self.rate, self.frames = rate, frames
+
+    def read(self, lo: int, hi: int) -> torch.Tensor:
+        out = np.zeros(max(0, hi - lo), np.float32)
+        time_base = self.stream.time_base
+        try:
+            self.container.seek(max(0, int((lo / self.rate - 1.0) / time_base)), stream=self.stream,
+                                backward=True)
+            for frame in self.container.decode(self.stream):
+                if frame.pts is None:
+                    continue
+                start = int(round(frame.pts * time_base * self.rate))
+                if start >= hi:
+                    break
+                mono = _mono_samples(frame)
+                first, last = max(lo, start), min(hi, start + len(mono))
+                if last > first:
+                    out[first - lo:last - lo] = mono[first - start:last - start]
+        except Exception as exc:
+            raise DecodeError(f"cannot decode audio: {_one_line(exc)}") from None
+        return torch.from_numpy(out)
+
+    def close(self):
+        self.container.close()
+
+
+def _stream_seconds(container, stream) -> float:
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    return container.duration / 1_000_000 if container.duration else 0.0
+
+
+def _mono_samples(frame) -> np.ndarray:
+    """One decoded audio frame as mono float32 in [-1, 1)."""
+    arr = frame.to_ndarray()
+    if arr.dtype.kind in "iu":  # integer PCM -> [-1, 1)
+        arr = arr.astype(np.float32) / float(np.iinfo(arr.dtype).max + 1)
+    arr = arr.astype(np.float32, copy=False)
+    channels = len(frame.layout.channels)
+    if frame.format.is_planar:
+        return arr.reshape(channels, -1).mean(axis=0)
+    return arr.reshape(-1, channels).mean(axis=1)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import sys
 from typing import TextIO
+
+from .paths import display_path, printable
 
 FORMATS = ("auto", "table", "tsv", "json", "jsonl", "paths", "nul")
 
@@ -24,38 +28,66 @@ def write_results(per_query: list[list[dict]], fmt: str, stream: TextIO | None =
     stream = stream or sys.stdout
     flat = [result for results in per_query for result in results]
     if fmt == "json":
-        json.dump(flat, stream, ensure_ascii=False, indent=2)
+        json.dump([json_safe(result) for result in flat], stream, ensure_ascii=False, indent=2)
         stream.write("\n")
     elif fmt == "jsonl":
         for result in flat:
-            stream.write(json.dumps(result, ensure_ascii=False) + "\n")
+            stream.write(json.dumps(json_safe(result), ensure_ascii=False) + "\n")
     elif fmt in ("paths", "nul"):
-        end = "\n" if fmt == "paths" else "\0"
-        seen = set()
-        for result in flat:
-            if result["path"] not in seen:
-                seen.add(result["path"])
-                stream.write(result["path"] + end)
+        _write_paths(flat, b"\n" if fmt == "paths" else b"\0", stream)
     elif fmt == "tsv":
         many = len(per_query) > 1
         for result in flat:
-            fields = [result["query"]] if many else []
-            fields += [str(result["rank"]), f"{result['score']:.4f}", result["modality"], result["path"]]
+            fields = [printable(result["query"])] if many else []
+            fields += [str(result["rank"]), f"{result['score']:.4f}", result["modality"], display_path(result["path"])]
             stream.write("\t".join(fields) + "\n")
     else:
         _write_tables(per_query, stream)
     stream.flush()
 
 
+def json_safe(result: dict) -> dict:
+    """A result JSON can carry: a file name that is not UTF-8 shows U+FFFD in "path" and is given
+    exactly in "path_bytes" (base64 of the raw bytes), as ripgrep does."""
+    path = result.get("path")
+    if not isinstance(path, str) or path.isascii():
+        return result
+    raw = os.fsencode(path)
+    try:
+        raw.decode("utf-8")
+        return result
+    except UnicodeDecodeError:
+        return {**result, "path": raw.decode("utf-8", "replace"), "path_bytes": base64.b64encode(raw).decode()}
+
+
+def _write_paths(results: list[dict], end: bytes, stream: TextIO) -> None:
+    """The exact bytes of each file name (for xargs and friends), each file once."""
+    binary = getattr(stream, "buffer", None)
+    seen = set()
+    for result in results:
+        if result["path"] in seen:
+            continue
+        seen.add(result["path"])
+        if binary is not None:
+            stream.flush()
+            binary.write(os.fsencode(result["path"]) + end)
+        else:
+            stream.write(os.fsencode(result["path"]).decode("utf-8", "replace") + end.decode())
+    if binary is not None:
+        binary.flush()
+
+
 def _write_tables(per_query: list[list[dict]], stream: TextIO) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     console = Console(file=stream)
     for results in per_query:
         if not results:
             continue
-        table = Table(title=f"[bold]{results[0]['query']}[/]" if len(per_query) > 1 else None,
+        title = Text(printable(results[0]["query"]), style="bold") if len(per_query) > 1 else None
+        table = Table(title=title,
                       show_edge=False, pad_edge=False, expand=False)
         table.add_column("#", justify="right", style="dim")
         table.add_column("score", justify="right")
@@ -64,8 +96,9 @@ def _write_tables(per_query: list[list[dict]], stream: TextIO) -> None:
         table.add_column("path", style="cyan", overflow="fold")
         table.add_column("snippet", style="dim", max_width=60, overflow="ellipsis", no_wrap=True)
         for result in results:
-            snippet = " ".join(result.get("snippet", "").split())
+            snippet = printable(" ".join(result.get("snippet", "").split()))
             refined = "yes" if result.get("refined") else "no" if "refined" in result else ""
+            # Text(), not str: file names and contents are never read as rich markup
             table.add_row(str(result["rank"]), f"{result['score']:.3f}", result["modality"], refined,
-                          result["path"], snippet)
+                          Text(display_path(result["path"])), Text(snippet))
         console.print(table)

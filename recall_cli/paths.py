@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 DB_ENV = "RECALL_DB"
@@ -21,13 +22,31 @@ def resolve_db(db: str | os.PathLike | None) -> Path:
 
 
 def ensure_private_dir(path: Path) -> Path:
-    """Create the index directory readable by its owner only (0700)."""
+    """Create the index directory readable by its owner only (0700).  An existing one loses its
+    group/other bits but keeps its owner's: an index its owner made read-only stays read-only."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
-        os.chmod(path, 0o700)
+        mode = os.stat(path).st_mode & 0o7777
+        if mode & 0o077:
+            os.chmod(path, mode & 0o700)
     except OSError:
         pass
     return path
+
+
+def check_writable(db_dir: Path) -> None:
+    """Fail with one clear line (errors.StorageError) before anything is written when the index
+    directory cannot take a new file: read-only file system or directory, no permission, no space."""
+    import tempfile
+
+    from .errors import storage_error
+
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".recall-probe-", dir=db_dir)
+    except OSError as error:
+        raise (storage_error(error, db_dir) or error) from None
+    os.close(handle)
+    os.unlink(probe)
 
 
 def directory_bytes(path: Path) -> int:
@@ -40,3 +59,45 @@ def directory_bytes(path: Path) -> int:
             except OSError:
                 pass
     return total
+
+
+# File names are bytes on POSIX; Python hands us names that are not UTF-8 with each bad byte as a
+# lone surrogate (U+DC80..U+DCFF, "surrogateescape").  Arrow and SQLite accept only valid UTF-8, so
+# the index stores such a byte as NUL + two hex digits: a real file name can never hold NUL, so
+# the mapping is one-to-one, and names that are valid UTF-8 (nearly all) are stored unchanged.
+_SURROGATE_BYTE = re.compile("[\udc80-\udcff]")
+_STORED_BYTE = re.compile("\x00([0-9a-f]{2})")
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\udc80-\udcff\u2028\u2029]")
+
+
+def stored_path(path: str) -> str:
+    """The form of a file name written to the index (valid UTF-8 text)."""
+    if path.isascii():
+        return path
+    return _SURROGATE_BYTE.sub(lambda match: "\x00%02x" % (ord(match.group()) - 0xDC00), path)
+
+
+def real_path(stored: str) -> str:
+    """The file name back from its stored form (what os.open and os.fsencode expect)."""
+    if "\x00" not in stored:
+        return stored
+    return _STORED_BYTE.sub(lambda match: chr(0xDC00 + int(match.group(1), 16)), stored)
+
+
+def display_path(path: str) -> str:
+    """A file name as one printable line for people (see `printable`)."""
+    return printable(real_path(path))
+
+
+def printable(text: str) -> str:
+    """Control characters and bytes that are not UTF-8 become escapes (\\n, \\x1b, \\xe9), so a
+    hostile file name or file content can neither break a line nor drive the terminal."""
+    if text.isprintable():
+        return text
+    return _UNPRINTABLE.sub(_escape_char, text)
+
+
+def _escape_char(match: re.Match) -> str:
+    char = match.group()
+    code = ord(char) - 0xDC00 if "\udc80" <= char <= "\udcff" else ord(char)
+    return {"\n": "\\n", "\t": "\\t", "\r": "\\r"}.get(char, f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")

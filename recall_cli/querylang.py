@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from .errors import RecallError
@@ -65,6 +66,8 @@ def parse_query(text: str) -> list[tuple[float, str]]:
         match = _WEIGHT.match(text, position)
         if match:
             weight = float(match.group(1))
+            if not math.isfinite(weight):  # 400 digits read as inf: the query vector would be NaN
+                raise error("weight too large")
             position = match.end()
             skip_spaces()
         if position >= length or text[position] not in "\"'":
@@ -101,14 +104,22 @@ def parse_date(text: str, end: bool = False) -> int:
         if re.fullmatch(r"\d{4}-\d{2}-\d{2}", raw):
             moment = datetime.strptime(raw, "%Y-%m-%d")
             if end:
-                moment += timedelta(days=1)
-                return _clamp(int(round(moment.timestamp() * 1e6)) * 1000 - 1)
+                if moment.date() == moment.date().max:  # `--until 9999-12-31`: no next day
+                    return 2**63 - 1
+                return _clamp(_nanoseconds(moment + timedelta(days=1)) - 1)
         else:
             moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-        return _clamp(int(round(moment.timestamp() * 1e6)) * 1000)
-    except (ValueError, OverflowError, OSError):
+    except (ValueError, OverflowError):
         raise RecallError(f"cannot read date {text!r}; use YYYY-MM-DD or an ISO datetime "
                           "like 2024-05-01T14:30") from None
+    return _clamp(_nanoseconds(moment))
+
+
+def _nanoseconds(moment) -> int:
+    try:
+        return int(round(moment.timestamp() * 1e6)) * 1000
+    except (OverflowError, OSError, ValueError):  # year 1 or 9999 in local time: past int64 anyway
+        return -(2**63) if moment.year < 1970 else 2**63 - 1
 
 
 def _clamp(ns: int) -> int:

@@ -44,6 +44,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .paths import real_path
+from .sqlfilter import sql_in, sql_str
+
 log = logging.getLogger("recall")
 
 # Default latency budget for refinement in an interactive query.  Measured (benchmarks/
@@ -72,14 +75,6 @@ class RefineReport:
 # ------------------------------------------------------------------------------------------------
 # candidates per exit group
 # ------------------------------------------------------------------------------------------------
-
-
-def sql_str(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
-def sql_in(column: str, values) -> str:
-    return f"{column} IN ({', '.join(sql_str(value) for value in values)})"
 
 
 def exit_group_clauses(manifest, modality: str | None = None) -> list[tuple[str, int]]:
@@ -284,6 +279,7 @@ class Refiner:
     def _reencode(self, path: str, rows: list[dict]):
         """Full-depth vectors of these rows' chunks from the file, or None when the file is gone
         or changed since it was indexed (its rows are stale; the indexer will redo them)."""
+        path = real_path(path)  # rows hold the stored form of names that are not UTF-8
         try:
             info = os.stat(path)
         except OSError:

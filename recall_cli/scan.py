@@ -8,12 +8,20 @@ symlinked directories are not descended (which also rules out loops).
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
+import re
 import stat as statmod
+import warnings
 from dataclasses import dataclass, field
 from typing import Iterator
 
 import pathspec
+
+from .errors import RecallError, first_line
+
+log = logging.getLogger("recall")
 
 IGNORE_FILES = (".gitignore", ".ignore", ".recallignore")
 
@@ -31,6 +39,7 @@ class ScanOptions:
     hidden: bool = False  # include dotfiles and dot-directories
     no_ignore: bool = False  # disregard ignore files and the junk list
     excludes: tuple[str, ...] = ()  # extra gitignore-style globs, relative to each root
+    follow: bool = False  # follow symlinks that lead out of the roots (--follow); loops are cut
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,7 @@ class ScanReport:
     files: list[FileEntry] = field(default_factory=list)
     problems: list[tuple[str, str]] = field(default_factory=list)  # (path, one-line reason)
     ignored: int = 0
+    followed_dirs: set[str] = field(default_factory=set)  # --follow: link targets already walked
 
 
 def normalize_root(path: str) -> str:
@@ -63,16 +73,18 @@ class _IgnoreStack:
         self.layers = layers
 
     def push(self, directory: str) -> "_IgnoreStack":
-        lines: list[str] = []
+        lines: list[tuple[str, int, str]] = []  # (ignore file, line number, pattern)
         for name in IGNORE_FILES:
+            source = os.path.join(directory, name)
             try:
-                with open(os.path.join(directory, name), encoding="utf-8", errors="replace") as handle:
-                    lines.extend(handle.read().splitlines())
+                with open(source, encoding="utf-8", errors="replace") as handle:
+                    lines.extend((source, number, line)
+                                 for number, line in enumerate(handle.read().splitlines(), 1))
             except OSError:
                 continue
         if not lines:
             return self
-        return _IgnoreStack(self.layers + [(directory, pathspec.GitIgnoreSpec.from_lines(lines))])
+        return _IgnoreStack(self.layers + [(directory, _ignore_spec(lines))])
 
     def ignored(self, path: str, is_dir: bool) -> bool:
         for base, spec in reversed(self.layers):
@@ -83,13 +95,54 @@ class _IgnoreStack:
         return False
 
 
+# what pathspec raises for a line it cannot compile: `!`, a trailing backslash, `[z-a]`
+_BAD_PATTERN = (ValueError, re.error)
+
+
+def _compile(lines: list[str]) -> pathspec.PathSpec:
+    # `[[x]` compiles, with a FutureWarning from `re` that Python would print as two stray lines
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return pathspec.GitIgnoreSpec.from_lines(lines)
+
+
+def _ignore_spec(lines: list[tuple[str, int, str]]) -> pathspec.PathSpec:
+    """The spec of an ignore file's lines.  A line that does not compile is skipped with a
+    one-line warning (git skips it silently), so one typo in a .gitignore never stops a scan."""
+    try:
+        return _compile([line for _, _, line in lines])
+    except _BAD_PATTERN:
+        pass  # rare: find the bad lines one by one
+    good = []
+    for source, number, line in lines:
+        try:
+            _compile([line])
+        except _BAD_PATTERN as error:
+            log.warning("%s:%d: skipped bad ignore pattern %r (%s)", source, number, line, first_line(error))
+            continue
+        good.append(line)
+    return _compile(good)
+
+
+def _exclude_stack(root: str, excludes: tuple[str, ...]) -> "_IgnoreStack":
+    """--exclude globs as an ignore layer of the root.  A bad glob is the user's typo on the command
+    line: refused in one line rather than skipped."""
+    if not excludes:
+        return _IgnoreStack([])
+    for pattern in excludes:
+        try:
+            _compile([pattern])
+        except _BAD_PATTERN as error:
+            raise RecallError(f"bad --exclude pattern {pattern!r}: {first_line(error)}") from None
+    return _IgnoreStack([(root, _compile(list(excludes)))])
+
+
 def scan_roots(roots: list[str], options: ScanOptions = ScanOptions()) -> ScanReport:
     report = ScanReport()
     normalized = [normalize_root(root) for root in roots]
     for root in normalized:
         # --exclude globs are a layer of their own, checked before (and so overriding) ignore files
-        excludes = _IgnoreStack([(root, pathspec.GitIgnoreSpec.from_lines(list(options.excludes)))]
-                                if options.excludes else [])
+        excludes = _exclude_stack(root, options.excludes)
         report.files.extend(_walk(root, root, _IgnoreStack([]), excludes, options, normalized, report))
     return report
 
@@ -130,22 +183,38 @@ def _walk(root: str, directory: str, stack: _IgnoreStack, excludes: _IgnoreStack
         if is_dir:
             yield from _walk(root, entry.path, stack, excludes, options, all_roots, report)
             continue
-        found = _file_entry(entry, root, is_link, all_roots, report)
+        if is_link and options.follow and _enter_linked_dir(entry.path, all_roots, report):
+            yield from _walk(root, entry.path, stack, excludes, options, all_roots, report)
+            continue
+        found = _file_entry(entry, root, is_link, all_roots, report, options.follow)
         if found is not None:
             yield found
 
 
+def _enter_linked_dir(path: str, all_roots: list[str], report: ScanReport) -> bool:
+    """--follow: walk a directory link whose target lies outside the roots (inside, the walk
+    reaches it anyway), once per target, so a link back to an ancestor cannot loop."""
+    target = os.path.realpath(path)
+    if not os.path.isdir(target) or _inside(target, all_roots) or target in report.followed_dirs:
+        return False
+    report.followed_dirs.add(target)
+    return True
+
+
 def _file_entry(entry: os.DirEntry, root: str, is_link: bool, all_roots: list[str],
-                report: ScanReport) -> FileEntry | None:
-    if is_link:
+                report: ScanReport, follow: bool = False) -> FileEntry | None:
+    if is_link and not follow:
         target = os.path.realpath(entry.path)
         if not _inside(target, all_roots):
-            report.ignored += 1  # never follow a link out of the indexed roots
+            report.ignored += 1  # never follow a link out of the indexed roots unless asked
             return None
     try:
         info = os.stat(entry.path)  # follows an allowed link to its target
     except OSError as error:
-        reason = "broken symlink" if is_link else f"cannot stat: {error.strerror or error}"
+        if error.errno == errno.ELOOP:
+            reason = "symlink loop"
+        else:
+            reason = "broken symlink" if is_link else f"cannot stat: {error.strerror or error}"
         report.problems.append((entry.path, reason))
         return None
     if not statmod.S_ISREG(info.st_mode):
@@ -165,8 +234,7 @@ class PathFilter:
         self.roots = sorted((normalize_root(root) for root in roots), key=len, reverse=True)
         self.options = options
         self._stacks: dict[str, _IgnoreStack] = {}
-        self._excludes = {root: _IgnoreStack([(root, pathspec.GitIgnoreSpec.from_lines(list(options.excludes)))]
-                                             if options.excludes else []) for root in self.roots}
+        self._excludes = {root: _exclude_stack(root, options.excludes) for root in self.roots}
 
     def root_of(self, path: str) -> str | None:
         return next((root for root in self.roots if path == root or path.startswith(root.rstrip(os.sep) + os.sep)),
@@ -229,7 +297,8 @@ class PathFilter:
             return None
         if statmod.S_ISDIR(info.st_mode):
             return None
-        return _file_entry(_PathOnly(path), root, statmod.S_ISLNK(info.st_mode), self.roots, report)
+        return _file_entry(_PathOnly(path), root, statmod.S_ISLNK(info.st_mode), self.roots, report,
+                           self.options.follow)
 
 
 @dataclass(frozen=True)

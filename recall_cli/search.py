@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import RecallError
+from .errors import REBUILD_HINT, RecallError, StorageError, storage_error
 from .manifest import Manifest
 from .models import MODALITIES_ALL, load_model
 
@@ -61,6 +61,7 @@ class Searcher:
         try:
             self.model_name = manifest.get_meta("model")
             model_version = manifest.get_meta("model_version")
+            has_units = manifest.has_units()
         finally:
             manifest.close()
         if self.model_name is None or model_version is None:
@@ -69,11 +70,15 @@ class Searcher:
 
         self.store = Store(db_dir)
         if self.store.table is None:
+            if has_units:
+                raise RecallError(f"the index at {db_dir} lists embedded files but its vector table is "
+                                  f"missing; {REBUILD_HINT}")
             raise RecallError(f"the index at {db_dir} has no embedded files yet; run `recall index PATH`")
         self.model = load_model(self.model_name, device=device, weights=weights)
         if self.model.version != model_version:
             raise RecallError(f"this index was built with {model_version}, but the installed model is "
-                              f"{self.model.version}; rebuild it into a new --db")
+                              f"{self.model.version}; {REBUILD_HINT}, or use another --db")
+        self.store.check(self.model.dim, self.model_name)
 
         self.db_dir = Path(db_dir)
         self.writes_locked = False  # True inside `recall watch`, which holds the writer lock
@@ -170,21 +175,31 @@ class Searcher:
         simply refined again next time).  Returns rows written."""
         if self.refiner is None or not self.refiner.pending():
             return 0
+        if not os.access(self.db_dir, os.W_OK):  # a read-only index answers queries all the same
+            log.debug("refined rows not written back: %s is read-only", self.db_dir)
+            self.refiner.fine.clear()
+            return 0
         from .lock import WriterLock
 
-        manifest = Manifest(self.db_dir, create=False)
         try:
-            if self.writes_locked:
-                return self.refiner.write_back(manifest)
+            manifest = Manifest(self.db_dir, create=False)
             try:
+                if self.writes_locked:
+                    return self.refiner.write_back(manifest)
                 with WriterLock(self.db_dir, "query"):
                     return self.refiner.write_back(manifest)
-            except RecallError as error:
-                log.debug("refined rows not written back: %s", error)
-                self.refiner.fine.clear()
-                return 0
-        finally:
-            manifest.close()
+            finally:
+                manifest.close()
+        except Exception as error:  # noqa: BLE001 - the results are out; the index stays as it was
+            problem = error if isinstance(error, RecallError) else storage_error(error, self.db_dir)
+            if problem is None:
+                raise
+            if isinstance(problem, StorageError) and not problem.read_only:  # disk full: say it once
+                log.warning("refined embeddings not saved: %s", problem)
+            else:
+                log.debug("refined rows not written back: %s", problem)
+            self.refiner.fine.clear()
+            return 0
 
 
 def _encode_queries(model, texts: list[str]):

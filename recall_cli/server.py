@@ -312,7 +312,8 @@ class QueryServer:
         except ValueError:
             return
         reply = self.answer(payload)
-        conn.sendall(json.dumps(dict(reply, protocol=PROTOCOL), ensure_ascii=False).encode())
+        # ASCII escapes: file names that are not UTF-8 travel as lone surrogates, restored by json.loads
+        conn.sendall(json.dumps(dict(reply, protocol=PROTOCOL)).encode())
         conn.close()  # the client has its answer; now write back what the query refined
         if self._searcher is not None:
             self._searcher.write_back()

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from .manifest import SCHEMA_VERSION, Manifest
-from .paths import directory_bytes
+from .paths import directory_bytes, display_path, printable
 
 
 def collect_stats(db_dir: Path) -> dict:
@@ -121,7 +121,7 @@ def format_stats(stats: dict) -> str:
     lines.append(f"last index   {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(when)) if when else 'never'}")
     if stats["failures"]:
         lines.append("failures (first 20; retry with `recall index --retry-failed`):")
-        lines.extend(f"  {item['path']}: {item['error']}" for item in stats["failures"])
+        lines.extend(f"  {display_path(item['path'])}: {printable(item['error'])}" for item in stats["failures"])
     return "\n".join(lines)
 
 

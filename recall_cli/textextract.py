@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import html
+import logging
 import re
+import warnings
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -93,9 +95,14 @@ def _pdf_text(path: Path) -> str:
         from pypdf import PdfReader
     except ImportError:  # optional dependency
         raise DecodeError("PDF support needs the 'pypdf' package") from None
+    # pypdf logs a warning per repair it makes to a damaged file ("Object 6 0 not defined."): noise
+    # around the one line the user gets (text, or the DecodeError below)
+    logging.getLogger("pypdf").setLevel(logging.CRITICAL)
     try:
-        reader = PdfReader(str(path))
-        pages = [page.extract_text() or "" for page in reader.pages[:200]]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            reader = PdfReader(str(path))
+            pages = [page.extract_text() or "" for page in reader.pages[:200]]
     except Exception as error:  # pypdf raises many types on damaged files
         raise DecodeError(f"unreadable PDF ({type(error).__name__})") from None
     text = "\n".join(pages).strip()

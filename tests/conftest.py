@@ -57,3 +57,16 @@ def run_recall(*args, input: str | None = None, env: dict | None = None, timeout
     full_env = dict(os.environ, **(env or {}))
     return subprocess.run([sys.executable, "-m", "recall_cli", *map(str, args)], input=input,
                           capture_output=True, text=True, env=full_env, timeout=timeout, cwd=REPO)
+
+
+def assert_clear_error(result, *phrases) -> None:
+    """Exit 2, and stderr is one line `recall: ...` naming the problem (and each phrase): the
+    contract for errors, checked on a CliRunner result or a subprocess result alike."""
+    code = result.exit_code if hasattr(result, "exit_code") else result.returncode
+    stderr = result.stderr if isinstance(result.stderr, str) else result.stderr.decode(errors="replace")
+    lines = stderr.strip().splitlines()
+    assert code == 2, (code, stderr)
+    assert len(lines) == 1 and lines[0].startswith("recall: "), stderr
+    assert "Traceback" not in stderr and "unexpected error" not in stderr, stderr
+    for phrase in phrases:
+        assert phrase in lines[0], (phrase, lines[0])

@@ -212,7 +212,7 @@ def test_budget_enforcement_keeps_shallow_entries(tmp_path, minilm):
     from recall_cli.manifest import FileRecord, Manifest
     from recall_cli.store import Store
 
-    store, manifest = Store(tmp_path, dim=384), Manifest(tmp_path)
+    manifest, store = Manifest(tmp_path), Store(tmp_path, dim=384)  # an index starts with its manifest
     rows = []
     for i, exit_block in enumerate([2, 5, 3]):
         out = exits.encode_with_exits(minilm, "text", [f"text {i}"], exits.FixedPolicy(exit_block))

@@ -75,6 +75,20 @@ def test_symlinks_never_lead_out_of_the_root(tmp_path):
     assert [(os.path.basename(path), reason) for path, reason in report.problems] == [("broken.md", "broken symlink")]
 
 
+def test_follow_enters_links_out_of_the_root_once_and_cuts_loops(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    write_files(root, {"inside.md": "in"})
+    write_files(outside, {"secret.md": "outside the root", "deeper/more.md": "further out"})
+    os.symlink(outside / "secret.md", root / "link-out.md")
+    os.symlink(outside, root / "dir-out")
+    os.symlink(outside, root / "dir-out-again")  # a second link to the same target: walked once
+    os.symlink(outside, outside / "deeper" / "back-up")  # a cycle out there
+    os.symlink(root, outside / "back-in")  # a link back into the root: reached anyway, not twice
+    files = seen(root, follow=True)
+    assert files == {"inside.md", "link-out.md", "dir-out/secret.md", "dir-out/deeper/more.md"}
+    assert seen(root) == {"inside.md"}  # without --follow nothing outside is read
+
+
 def test_scan_reports_size_and_mtime(tmp_path):
     write_files(tmp_path, {"a.md": "12345"})
     (entry,) = scan_roots([str(tmp_path)]).files

@@ -1,0 +1,82 @@
+"""`recall index --rebuild`: make the index again from the files, whatever state the old one is in
+(damaged, made by another recall or another model), replacing it only once the new one is complete.
+
+The new index is built in a hidden directory beside the old one (`.<name>.rebuild-<pid>`), while
+the old one's writer lock is held (so a `recall watch` or another `recall index` on it refuses to
+start meanwhile); then the two are swapped with renames and the old one is deleted.  Until the swap,
+queries keep using the old index; if the rebuild fails (disk full, Ctrl-C), the half-built
+directory is removed and the old index is untouched.  It needs room for both while it runs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+from urllib.parse import quote
+
+from .errors import StorageError, storage_error
+from .indexer import IndexOptions, IndexSummary, check_roots, index_locked, index_roots
+from .lock import WriterLock
+from .manifest import MANIFEST_NAME
+from .paths import check_writable, ensure_private_dir
+
+
+def previous_model(db_dir: Path) -> str | None:
+    """The model named in an old index's manifest, when it can still be read (a rebuild without
+    --model keeps it); None for a damaged or missing manifest."""
+    path = Path(db_dir) / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=5)
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'model'").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+    return row[0] if row else None
+
+
+def rebuild_roots(roots: list[str], db_dir: Path, options: IndexOptions = IndexOptions(),
+                  progress: Callable[[int, int], None] | None = None) -> IndexSummary:
+    started = time.perf_counter()
+    roots = check_roots(roots)
+    db_dir = Path(db_dir)
+    if not db_dir.exists():
+        return index_roots(roots, db_dir, options, progress)
+    if options.model is None:
+        model = previous_model(db_dir)
+        if model is not None:
+            options = replace(options, model=model)
+    check_writable(db_dir.parent)  # the new index is made beside the old one
+    check_writable(db_dir)
+    fresh = db_dir.parent / f".{db_dir.name}.rebuild-{os.getpid()}"
+    retired = db_dir.parent / f".{db_dir.name}.old-{os.getpid()}"
+    with WriterLock(db_dir, "rebuild"):
+        try:
+            ensure_private_dir(fresh)
+            with WriterLock(fresh, "rebuild"):
+                summary = index_locked(fresh, roots, options, progress)
+            os.rename(db_dir, retired)
+            try:
+                os.rename(fresh, db_dir)
+            except BaseException:
+                os.rename(retired, db_dir)
+                raise
+        except BaseException as error:
+            shutil.rmtree(fresh, ignore_errors=True)
+            if isinstance(error, StorageError) and error.__cause__ is not None:
+                error = error.__cause__  # said of the hidden directory: say it of the index
+            mapped = storage_error(error, db_dir) if isinstance(error, Exception) else None
+            if mapped is None or mapped is error:
+                raise
+            raise mapped from error
+    shutil.rmtree(retired, ignore_errors=True)
+    summary.seconds = time.perf_counter() - started
+    return summary
