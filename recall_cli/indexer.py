@@ -23,7 +23,7 @@ from .hashing import file_hash
 from .lock import WriterLock
 from .manifest import TABLE_DIR, FileRecord, Manifest
 from .models import DEFAULT_MODEL, MODEL_MODALITIES, check_model_name
-from .paths import check_writable, display_path, ensure_private_dir
+from .paths import check_writable, display_path, ensure_private_dir, json_safe
 from .scan import FileEntry, ScanOptions, normalize_root, scan_roots
 from .sniff import sniff_path
 
@@ -55,7 +55,7 @@ class IndexSummary:
 
     def as_dict(self) -> dict:
         return {key: value for key, value in self.__dict__.items() if key != "failures"} | {
-            "failures": [{"path": path, "error": error} for path, error in self.failures]}
+            "failures": [json_safe({"path": path, "error": error}) for path, error in self.failures]}
 
 
 @dataclass

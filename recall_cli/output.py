@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import sys
 from typing import TextIO
 
-from .paths import display_path, printable
+from .paths import display_path, json_safe, printable
 
 FORMATS = ("auto", "table", "tsv", "json", "jsonl", "paths", "nul")
 
@@ -44,20 +43,6 @@ def write_results(per_query: list[list[dict]], fmt: str, stream: TextIO | None =
     else:
         _write_tables(per_query, stream)
     stream.flush()
-
-
-def json_safe(result: dict) -> dict:
-    """A result JSON can carry: a file name that is not UTF-8 shows U+FFFD in "path" and is given
-    exactly in "path_bytes" (base64 of the raw bytes), as ripgrep does."""
-    path = result.get("path")
-    if not isinstance(path, str) or path.isascii():
-        return result
-    raw = os.fsencode(path)
-    try:
-        raw.decode("utf-8")
-        return result
-    except UnicodeDecodeError:
-        return {**result, "path": raw.decode("utf-8", "replace"), "path_bytes": base64.b64encode(raw).decode()}
 
 
 def _write_paths(results: list[dict], end: bytes, stream: TextIO) -> None:

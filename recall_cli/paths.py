@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 from pathlib import Path
@@ -101,3 +102,17 @@ def _escape_char(match: re.Match) -> str:
     char = match.group()
     code = ord(char) - 0xDC00 if "\udc80" <= char <= "\udcff" else ord(char)
     return {"\n": "\\n", "\t": "\\t", "\r": "\\r"}.get(char, f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def json_safe(result: dict) -> dict:
+    """A record (query result, failure) as JSON can carry it: a file name that is not UTF-8 shows
+    U+FFFD in "path" and is given exactly in "path_bytes" (base64 of the raw bytes), as ripgrep does."""
+    path = result.get("path")
+    if not isinstance(path, str) or path.isascii():
+        return result
+    raw = os.fsencode(path)
+    try:
+        raw.decode("utf-8")
+        return result
+    except UnicodeDecodeError:
+        return {**result, "path": raw.decode("utf-8", "replace"), "path_bytes": base64.b64encode(raw).decode()}

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from .manifest import SCHEMA_VERSION, Manifest
-from .paths import directory_bytes, display_path, printable
+from .paths import directory_bytes, display_path, json_safe, printable
 
 
 def collect_stats(db_dir: Path) -> dict:
@@ -27,7 +27,7 @@ def collect_stats(db_dir: Path) -> dict:
             "units": sum(entry["units"] for entry in counts["by_modality"].values()),
             "disk_bytes": directory_bytes(db_dir),
             "last_index_at": float(last) if last else None,
-            "failures": [{"path": path, "error": error} for path, error in manifest.failures()],
+            "failures": [json_safe({"path": path, "error": error}) for path, error in manifest.failures()],
             "early_exit": early_exit_stats(manifest),
             "healing": healing_stats(db_dir),
         }
@@ -91,7 +91,7 @@ def format_stats(stats: dict) -> str:
     lines = [
         f"index        {stats['db']}",
         f"model        {stats['model']} ({stats['model_version'] or 'not loaded yet'})",
-        f"roots        {', '.join(stats['roots']) or '-'}",
+        f"roots        {', '.join(display_path(root) for root in stats['roots']) or '-'}",
         f"files        {stats['files']}  (ok {stats['files_by_status']['ok']}, "
         f"failed {stats['files_by_status']['error']}, skipped {stats['files_by_status']['skipped']})",
     ]

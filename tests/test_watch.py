@@ -38,6 +38,27 @@ def settle(root, db, watcher, fresh_db, timeout=60):
     assert_same_as_fresh(root, db, fresh_db)
 
 
+def test_odd_file_names_are_followed(root, tmp_path):
+    """Names with bytes that are not UTF-8, or a newline, go through events, moves and deletes."""
+    db, fresh = tmp_path / "db", tmp_path / "fresh"
+    latin, other = os.fsencode(root) + b"/caf\xe9 notes.md", os.fsencode(root) + b"/renamed \xff.md"
+    with ThreadWatcher(root, db) as watched:
+        settle(root, db, watched, fresh)
+        with open(latin, "wb") as handle:
+            handle.write(b"A note about lighthouses whose name is latin-1.")
+        write_text(root / "two\nlines.md", "A note about harbours whose name holds a newline.")
+        settle(root, db, watched, fresh)
+
+        moved_before = watched.watcher.totals["moved"]
+        os.rename(latin, other)
+        settle(root, db, watched, fresh)
+        assert watched.watcher.totals["moved"] == moved_before + 1  # kept its embedding
+
+        os.unlink(other)
+        settle(root, db, watched, fresh)
+    assert watched.result == [0]
+
+
 def test_create_modify_rename_move_delete_file(root, tmp_path):
     db, fresh = tmp_path / "db", tmp_path / "fresh"
     with ThreadWatcher(root, db) as watched:

@@ -12,6 +12,7 @@ import lancedb
 
 from recall_cli.cli import app
 from recall_cli.hashing import file_hash
+from recall_cli.paths import real_path
 from recall_cli.scan import scan_roots
 from recall_cli.watch import Watcher, WatchOptions
 
@@ -30,7 +31,7 @@ def manifest_state(db: Path) -> dict[str, tuple]:
     """path -> (hash, status, units) from the manifest."""
     conn = sqlite3.connect(db / "manifest.sqlite")
     try:
-        return {path: (content_hash, status, units) for path, content_hash, status, units in
+        return {real_path(path): (content_hash, status, units) for path, content_hash, status, units in
                 conn.execute("SELECT path, hash, status, units FROM files")}
     finally:
         conn.close()
@@ -43,7 +44,7 @@ def lance_rows(db: Path) -> list[tuple]:
     rows = lancedb.connect(str(db)).open_table("units").to_arrow().select(["id", "path", "hash", "chunk"]).to_pylist()
     ids = [row["id"] for row in rows]
     assert len(ids) == len(set(ids)), "duplicate rows"
-    return sorted((row["path"], row["hash"], row["chunk"]) for row in rows)
+    return sorted((real_path(row["path"]), row["hash"], row["chunk"]) for row in rows)
 
 
 def tree_hashes(root: Path) -> dict[str, str]:
