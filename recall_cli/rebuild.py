@@ -26,21 +26,31 @@ from .manifest import MANIFEST_NAME
 from .paths import check_writable, ensure_private_dir
 
 
-def previous_model(db_dir: Path) -> str | None:
-    """The model named in an old index's manifest, when it can still be read (a rebuild without
-    --model keeps it); None for a damaged or missing manifest."""
+KEPT_SETTINGS = ("model", "full_depth", "cache_budget")  # what the user chose for this index
+
+
+def previous_settings(db_dir: Path) -> dict[str, str]:
+    """The model, --full and --cache-budget recorded in an old index's manifest, when it can still
+    be read (a rebuild keeps what it is not told otherwise); {} for a damaged or missing one."""
     path = Path(db_dir) / MANIFEST_NAME
     if not path.is_file():
-        return None
+        return {}
     try:
         conn = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=5)
         try:
-            row = conn.execute("SELECT value FROM meta WHERE key = 'model'").fetchone()
+            rows = conn.execute(f"SELECT key, value FROM meta WHERE key IN {KEPT_SETTINGS}").fetchall()
         finally:
             conn.close()
     except sqlite3.Error:
-        return None
-    return row[0] if row else None
+        return {}
+    return dict(rows)
+
+
+def keep_settings(options: IndexOptions, settings: dict[str, str]) -> IndexOptions:
+    """`options` with the old index's settings wherever the command line gave none."""
+    return replace(options, model=options.model or settings.get("model"),
+                   full=options.full or settings.get("full_depth") == "1",
+                   cache_budget=options.cache_budget or settings.get("cache_budget"))
 
 
 def rebuild_roots(roots: list[str], db_dir: Path, options: IndexOptions = IndexOptions(),
@@ -50,10 +60,7 @@ def rebuild_roots(roots: list[str], db_dir: Path, options: IndexOptions = IndexO
     db_dir = Path(db_dir)
     if not db_dir.exists():
         return index_roots(roots, db_dir, options, progress)
-    if options.model is None:
-        model = previous_model(db_dir)
-        if model is not None:
-            options = replace(options, model=model)
+    options = keep_settings(options, previous_settings(db_dir))
     check_writable(db_dir.parent)  # the new index is made beside the old one
     check_writable(db_dir)
     fresh = db_dir.parent / f".{db_dir.name}.rebuild-{os.getpid()}"

@@ -261,3 +261,13 @@ def test_damaged_vector_table_is_reported_then_rebuilt(cli, db_dir, tree):
         assert ".rs:" not in result.stderr  # no Rust source locations
     index_ok(cli, tree, "--rebuild")
     assert top_path(cli, "hiking boots").endswith("new.txt")
+
+
+def test_rebuild_keeps_the_index_settings_it_is_not_told_to_change(cli, tree):
+    """--full and --cache-budget were chosen for this index: a rebuild keeps them (and the model)."""
+    index_ok(cli, tree, "--full", "--cache-budget", "3MiB")
+    index_ok(cli, tree, "--rebuild")
+    early_exit = json.loads(cli("stats", "--json").stdout)["early_exit"]
+    assert early_exit["full_depth_index"] and early_exit["cache_budget"] == 3 << 20
+    index_ok(cli, tree, "--rebuild", "--cache-budget", "5MiB")  # what the command line says wins
+    assert json.loads(cli("stats", "--json").stdout)["early_exit"]["cache_budget"] == 5 << 20
