@@ -138,9 +138,7 @@ def index_locked(db_dir: Path, roots: list[str], options: IndexOptions = IndexOp
     manifest = Manifest(db_dir)
     try:
         model_name = bind_model(manifest, options.model)
-        if manifest.has_units() and not (db_dir / TABLE_DIR).exists():
-            raise RecallError(f"the index at {db_dir} lists embedded files but its vector table "
-                              f"({TABLE_DIR}) is missing; {REBUILD_HINT}")
+        manifest.check_vectors_present()
         run = _IndexRun(db_dir, manifest, model_name, options, progress)
         run.should_stop = should_stop or (lambda: False)
         run.maintain = maintain
@@ -448,7 +446,7 @@ class _IndexRun:
 
     def _drop_rows(self, path: str) -> None:
         """A file that no longer embeds (now broken, or now another type) loses its old rows."""
-        if (self.db_dir / "units.lance").exists() and self.store.table is not None:
+        if (self.db_dir / TABLE_DIR).exists() and self.store.table is not None:
             self.store.delete_paths([path])
 
     def _prune(self, gone: list[str], known: dict[str, FileRecord]) -> None:

@@ -245,6 +245,13 @@ class Manifest:
         """Whether any file is recorded as embedded (so the vector table must exist)."""
         return self.conn.execute("SELECT 1 FROM files WHERE status = 'ok' AND units > 0 LIMIT 1").fetchone() is not None
 
+    def check_vectors_present(self) -> None:
+        """Refuse an index whose manifest lists embedded files while its vector table is gone."""
+        db_dir = self.path.parent
+        if self.has_units() and not (db_dir / TABLE_DIR).exists():
+            raise RecallError(f"the index at {db_dir} lists embedded files but its vector table "
+                              f"({TABLE_DIR}) is missing; {REBUILD_HINT}")
+
     def failures(self, limit: int = 20) -> list[tuple[str, str]]:
         rows = self.conn.execute("SELECT path, error FROM files WHERE status = 'error' ORDER BY path LIMIT ?",
                                  (limit,))
@@ -279,8 +286,7 @@ def _backfill_exits(manifest: "Manifest") -> None:
     records, so `stats`, the cache budget and the query's exit groups would miss those rows: they
     are read back from the vector table once, inside the migration's transaction."""
     db_dir = manifest.path.parent
-    if not (db_dir / TABLE_DIR).exists() or manifest.conn.execute(
-            "SELECT 1 FROM files WHERE status = 'ok' AND units > 0 LIMIT 1").fetchone() is None:
+    if not (db_dir / TABLE_DIR).exists() or not manifest.has_units():
         return
     from .cache import exit_groups
     from .store import Store

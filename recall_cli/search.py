@@ -61,7 +61,7 @@ class Searcher:
         try:
             self.model_name = manifest.get_meta("model")
             model_version = manifest.get_meta("model_version")
-            has_units = manifest.has_units()
+            manifest.check_vectors_present()
         finally:
             manifest.close()
         if self.model_name is None or model_version is None:
@@ -70,9 +70,6 @@ class Searcher:
 
         self.store = Store(db_dir)
         if self.store.table is None:
-            if has_units:
-                raise RecallError(f"the index at {db_dir} lists embedded files but its vector table is "
-                                  f"missing; {REBUILD_HINT}")
             raise RecallError(f"the index at {db_dir} has no embedded files yet; run `recall index PATH`")
         self.model = load_model(self.model_name, device=device, weights=weights)
         if self.model.version != model_version:

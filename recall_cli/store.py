@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
 from .errors import REBUILD_HINT, RecallError, error_text, storage_error  # noqa: E402
+from .manifest import TABLE_DIR  # noqa: E402
 from .paths import directory_bytes, real_path, stored_path  # noqa: E402
 from .sqlfilter import sql_in, sql_str  # noqa: E402,F401 - re-exported
 
@@ -90,7 +91,7 @@ class Store:
             if dim is not None:
                 import shutil
 
-                shutil.rmtree(self.db_dir / f"{TABLE}.lance")
+                shutil.rmtree(self.db_dir / TABLE_DIR)
             existing = [name for name in existing if name != TABLE]
         if TABLE in existing:
             try:
@@ -148,14 +149,6 @@ class Store:
         for start in range(0, len(paths), 500):
             self.table.delete(sql_in("path", paths[start:start + 500]))
 
-    def delete_stale(self, current: dict[str, tuple[str, int]]) -> None:
-        """Drop rows of these paths left from an older version (other hash, or chunks past the
-        new count).  `current` maps path -> (hash, number of chunks)."""
-        clauses = [f"(path = {sql_str(path)} AND (hash != {sql_str(content_hash)} OR chunk >= {count}))"
-                   for path, (content_hash, count) in current.items()]
-        for start in range(0, len(clauses), 200):
-            self.table.delete(" OR ".join(clauses[start:start + 200]))
-
     def rows_for_path(self, path: str) -> list[dict]:
         rows = self.table.search().where(f"path = {sql_str(path)}").limit(None).to_arrow().to_pylist()
         return [_from_stored(row) for row in rows]
@@ -192,7 +185,7 @@ def _committed(db_dir: Path) -> bool:
     """Whether the units table has a committed version (a table whose creation was killed has
     a directory but no version manifest)."""
     try:
-        return any(name.endswith(".manifest") for name in os.listdir(db_dir / f"{TABLE}.lance" / "_versions"))
+        return any(name.endswith(".manifest") for name in os.listdir(db_dir / TABLE_DIR / "_versions"))
     except FileNotFoundError:
         return False
     except OSError:
