@@ -23,7 +23,7 @@ from .hashing import file_hash
 from .lock import WriterLock
 from .manifest import TABLE_DIR, FileRecord, Manifest
 from .models import DEFAULT_MODEL, MODEL_MODALITIES, check_model_name
-from .paths import check_writable, display_path, ensure_private_dir, json_safe
+from .paths import display_path, json_safe, prepare_index_dir
 from .scan import FileEntry, ScanOptions, normalize_root, scan_roots
 from .sniff import sniff_path
 
@@ -112,11 +112,7 @@ def index_roots(roots: list[str], db_dir: Path, options: IndexOptions = IndexOpt
                 progress: Callable[[int, int], None] | None = None) -> IndexSummary:
     started = time.perf_counter()
     roots = check_roots(roots)
-    try:
-        ensure_private_dir(db_dir)
-    except OSError as error:
-        raise (storage_error(error, db_dir) or error) from None
-    check_writable(db_dir)  # a read-only or full index fails here, before anything is written
+    prepare_index_dir(db_dir)  # a read-only or full index fails here, before anything is written
     with WriterLock(db_dir, "index"):
         summary = index_locked(db_dir, roots, options, progress)
     summary.seconds = time.perf_counter() - started

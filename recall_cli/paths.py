@@ -35,6 +35,19 @@ def ensure_private_dir(path: Path) -> Path:
     return path
 
 
+def prepare_index_dir(db_dir: Path) -> Path:
+    """The index directory of a writer (`index`, `watch`): created private, and checked writable
+    before anything is written; any problem is one clear line (errors.StorageError)."""
+    from .errors import storage_error
+
+    try:
+        ensure_private_dir(db_dir)
+    except OSError as error:
+        raise (storage_error(error, db_dir) or error) from None
+    check_writable(db_dir)
+    return db_dir
+
+
 def check_writable(db_dir: Path) -> None:
     """Fail with one clear line (errors.StorageError) before anything is written when the index
     directory cannot take a new file: read-only file system or directory, no permission, no space."""

@@ -41,7 +41,7 @@ from .indexer import IndexOptions, IndexSummary, check_roots, index_locked
 from .lock import WriterLock
 from .refine import refine_idle
 from .manifest import Manifest
-from .paths import check_writable, ensure_private_dir
+from .paths import prepare_index_dir
 from .scan import IGNORE_FILES, PathFilter
 
 log = logging.getLogger("recall")
@@ -183,8 +183,7 @@ class Watcher:
         self.stop()
 
     def run(self) -> int:
-        ensure_private_dir(self.db_dir)
-        check_writable(self.db_dir)  # a read-only index: one clear line, not a failing watcher
+        prepare_index_dir(self.db_dir)  # a read-only index: one clear line, not a failing watcher
         with WriterLock(self.db_dir, "watch"):
             previous = {}
             if threading.current_thread() is threading.main_thread():
