@@ -48,13 +48,14 @@ def write_results(per_query: list[list[dict]], fmt: str, stream: TextIO | None =
 def _write_paths(results: list[dict], end: bytes, stream: TextIO) -> None:
     """The exact bytes of each file name (for xargs and friends), each file once."""
     binary = getattr(stream, "buffer", None)
+    if binary is not None:
+        stream.flush()  # whatever the text layer holds goes first
     seen = set()
     for result in results:
         if result["path"] in seen:
             continue
         seen.add(result["path"])
         if binary is not None:
-            stream.flush()
             binary.write(os.fsencode(result["path"]) + end)
         else:
             stream.write(os.fsencode(result["path"]).decode("utf-8", "replace") + end.decode())
