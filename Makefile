@@ -7,7 +7,7 @@ PIP    := PIP_DISABLE_PIP_VERSION_CHECK=1 $(BIN)/pip
 DEMO_DB ?= .demo-db
 DEMO_QUERY ?= how do I install shell completions
 
-.PHONY: setup setup-test demo test bench completions clean
+.PHONY: setup setup-test demo test lint format bench completions clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,12 +35,21 @@ demo: setup
 test: setup-test
 	$(BIN)/python -m pytest -q
 
+# Ruff (configured in pyproject.toml): lint and formatting, checked by CI before the tests.
+lint: setup-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup-test
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
 bench: setup-test
 	$(PIP) install -q -c constraints.txt -e '.[bench]'
 	$(BIN)/python -m benchmarks.run
 
 completions: setup
-	$(BIN)/python -m recall_cli.completion_scripts completions
+	$(BIN)/python -m recall_cli.cli.completions completions
 
 clean:
 	rm -rf $(VENV) $(DEMO_DB) .pytest_cache

@@ -16,8 +16,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from .common import (CORPUS, machine_info, machine_line, markdown_table, percentile, recall_cmd,
-                     run_measured, write_results)
+from .common import (
+    CORPUS,
+    machine_info,
+    machine_line,
+    markdown_table,
+    percentile,
+    recall_cmd,
+    run_measured,
+    write_results,
+)
 
 
 def load_corpus(path: Path = CORPUS) -> list[dict]:
@@ -51,8 +59,9 @@ def retrieval_metrics(ranked: dict[str, list[str]], truth: dict[str, str], k: in
 
 def batch_query(db: Path, queries: list[str], extra: tuple = ()) -> tuple[dict[str, list[str]], dict]:
     """All queries through one `recall query -` process; query text -> ranked paths."""
-    measured = run_measured(recall_cmd("query", "-", "--db", db, "--jsonl", "-n", 10, *extra),
-                            stdin="\n".join(queries) + "\n")
+    measured = run_measured(
+        recall_cmd("query", "-", "--db", db, "--jsonl", "-n", 10, *extra), stdin="\n".join(queries) + "\n"
+    )
     ranked: dict[str, list[str]] = {}
     for line in measured["stdout"].splitlines():
         result = json.loads(line)
@@ -86,11 +95,13 @@ def quality_and_throughput(work: Path, rows: list[dict]) -> dict:
 def query_latency(db: Path, queries: list[str], cold_runs: int) -> dict:
     cold = []
     for text in queries[:cold_runs]:
-        measured = run_measured(recall_cmd("query", text, "--db", db, "--json", "-n", 10),
-                                env={"RECALL_NO_SERVER": "1"})  # cold: never a running watcher
+        measured = run_measured(
+            recall_cmd("query", text, "--db", db, "--json", "-n", 10), env={"RECALL_NO_SERVER": "1"}
+        )  # cold: never a running watcher
         assert measured["rc"] == 0, measured["stderr"]
         cold.append(measured["wall"])
-    from recall_cli.search import QueryOptions, Searcher
+    from recall_cli.query.options import QueryOptions
+    from recall_cli.query.search import Searcher
 
     searcher = Searcher(db)
     searcher.search(["warm-up"], QueryOptions())
@@ -99,16 +110,34 @@ def query_latency(db: Path, queries: list[str], cold_runs: int) -> dict:
         start = time.perf_counter()
         searcher.search([text], QueryOptions())
         in_process.append(time.perf_counter() - start)
-    return {"cold_p50_s": percentile(cold, 0.5), "cold_p95_s": percentile(cold, 0.95), "cold_runs": len(cold),
-            "batch_p50_ms": 1000 * percentile(in_process, 0.5), "batch_p95_ms": 1000 * percentile(in_process, 0.95),
-            "batch_queries": len(in_process)}
+    return {
+        "cold_p50_s": percentile(cold, 0.5),
+        "cold_p95_s": percentile(cold, 0.95),
+        "cold_runs": len(cold),
+        "batch_p50_ms": 1000 * percentile(in_process, 0.5),
+        "batch_p95_ms": 1000 * percentile(in_process, 0.95),
+        "batch_queries": len(in_process),
+    }
 
 
 def unchanged_reindex(work: Path, files: int) -> dict:
     """Index a tree of `files` small notes, then time re-indexing it unchanged (3 runs)."""
     root = work / "many"
     rng = random.Random(0)
-    words = "photo note trip recipe budget garden music lake city train meeting family".split()
+    words = [
+        "photo",
+        "note",
+        "trip",
+        "recipe",
+        "budget",
+        "garden",
+        "music",
+        "lake",
+        "city",
+        "train",
+        "meeting",
+        "family",
+    ]
     for index in range(files):
         folder = root / f"d{index // 500:03d}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -119,8 +148,13 @@ def unchanged_reindex(work: Path, files: int) -> dict:
     summaries = [json.loads(run["stdout"]) for run in again]
     assert all(summary["unchanged"] == files for summary in summaries), summaries[0]
     walls = sorted(run["wall"] for run in again)
-    return {"files": files, "first_index_s": first["wall"], "unchanged_runs_s": walls,
-            "unchanged_median_s": walls[1], "unchanged_peak_mib": max(run["peak_mib"] for run in again)}
+    return {
+        "files": files,
+        "first_index_s": first["wall"],
+        "unchanged_runs_s": walls,
+        "unchanged_median_s": walls[1],
+        "unchanged_peak_mib": max(run["peak_mib"] for run in again),
+    }
 
 
 def ann_crossover(sizes: list[int], dim: int = 384, queries: int = 30) -> list[dict]:
@@ -136,24 +170,30 @@ def ann_crossover(sizes: list[int], dim: int = 384, queries: int = 30) -> list[d
         for size in sizes:
             vectors = rng.standard_normal((size, dim)).astype(np.float32)
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-            table = db.create_table(f"t{size}", pa.table({
-                "id": pa.array(np.arange(size)),
-                "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim)}))
+            table = db.create_table(
+                f"t{size}",
+                pa.table(
+                    {
+                        "id": pa.array(np.arange(size)),
+                        "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim),
+                    }
+                ),
+            )
             probes = vectors[rng.choice(size, queries, replace=False)]
 
-            def timed() -> float:
+            def timed(table, probes) -> float:
                 start = time.perf_counter()
                 for probe in probes:
                     table.search(probe).distance_type("dot").limit(40).to_arrow()
                 return 1000 * (time.perf_counter() - start) / queries
 
-            timed()
-            flat_ms = timed()
+            timed(table, probes)
+            flat_ms = timed(table, probes)
             start = time.perf_counter()
             table.create_index(metric="dot", vector_column_name="vector", index_type="IVF_HNSW_SQ")
             build_s = time.perf_counter() - start
-            timed()
-            ann_ms = timed()
+            timed(table, probes)
+            ann_ms = timed(table, probes)
             rows.append({"rows": size, "flat_ms": flat_ms, "ann_ms": ann_ms, "build_s": build_s})
     return rows
 
@@ -170,28 +210,60 @@ def main(quick: bool = False) -> str:
         latency = query_latency(Path(core["db"]), [row["query"] for row in rows][:200], 5 if quick else 10)
         reindex = unchanged_reindex(work, reindex_files)
     ann = ann_crossover([10_000, 50_000] if quick else [10_000, 50_000, 100_000, 200_000])
-    data = {"machine": info, "corpus": str(CORPUS), "full_depth": core, "latency": latency,
-            "unchanged_reindex": reindex, "ann": ann}
+    data = {
+        "machine": info,
+        "corpus": str(CORPUS),
+        "full_depth": core,
+        "latency": latency,
+        "unchanged_reindex": reindex,
+        "ann": ann,
+    }
     quality = core["quality"]
-    markdown = "\n\n".join([
-        "## Core (full depth, minilm)",
-        f"Machine: {machine_line(info)}. Command: `python -m benchmarks.run --only core"
-        + (" --quick" if quick else "") + "`.",
-        markdown_table(["corpus", "queries", "R@1", "R@10", "MRR@10"],
-                       [["docstrings", quality["queries"], quality["R@1"], quality["R@10"], quality["MRR@10"]]]),
-        markdown_table(["files", "units", "index s", "files/s", "units/s", "peak MiB"],
-                       [[core["files"], core["units"], core["index_seconds"], core["files_per_s"],
-                         core["units_per_s"], core["index_peak_mib"]]]),
-        markdown_table(["cold query p50 s", "cold p95 s", "batch p50 ms", "batch p95 ms"],
-                       [[latency["cold_p50_s"], latency["cold_p95_s"], latency["batch_p50_ms"],
-                         latency["batch_p95_ms"]]]),
-        markdown_table(["unchanged tree files", "first index s", "unchanged re-index s (median of 3)", "peak MiB"],
-                       [[reindex["files"], reindex["first_index_s"], reindex["unchanged_median_s"],
-                         reindex["unchanged_peak_mib"]]]),
-        "Flat scan vs IVF_HNSW_SQ (384-d, top 40):",
-        markdown_table(["rows", "flat ms/query", "ANN ms/query", "index build s"],
-                       [[r["rows"], r["flat_ms"], r["ann_ms"], r["build_s"]] for r in ann]),
-    ])
+    markdown = "\n\n".join(
+        [
+            "## Core (full depth, minilm)",
+            f"Machine: {machine_line(info)}. Command: `python -m benchmarks.run --only core"
+            + (" --quick" if quick else "")
+            + "`.",
+            markdown_table(
+                ["corpus", "queries", "R@1", "R@10", "MRR@10"],
+                [["docstrings", quality["queries"], quality["R@1"], quality["R@10"], quality["MRR@10"]]],
+            ),
+            markdown_table(
+                ["files", "units", "index s", "files/s", "units/s", "peak MiB"],
+                [
+                    [
+                        core["files"],
+                        core["units"],
+                        core["index_seconds"],
+                        core["files_per_s"],
+                        core["units_per_s"],
+                        core["index_peak_mib"],
+                    ]
+                ],
+            ),
+            markdown_table(
+                ["cold query p50 s", "cold p95 s", "batch p50 ms", "batch p95 ms"],
+                [[latency["cold_p50_s"], latency["cold_p95_s"], latency["batch_p50_ms"], latency["batch_p95_ms"]]],
+            ),
+            markdown_table(
+                ["unchanged tree files", "first index s", "unchanged re-index s (median of 3)", "peak MiB"],
+                [
+                    [
+                        reindex["files"],
+                        reindex["first_index_s"],
+                        reindex["unchanged_median_s"],
+                        reindex["unchanged_peak_mib"],
+                    ]
+                ],
+            ),
+            "Flat scan vs IVF_HNSW_SQ (384-d, top 40):",
+            markdown_table(
+                ["rows", "flat ms/query", "ANN ms/query", "index build s"],
+                [[r["rows"], r["flat_ms"], r["ann_ms"], r["build_s"]] for r in ann],
+            ),
+        ]
+    )
     write_results("core", data, markdown)
     return markdown
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -37,14 +36,18 @@ def file_rankings(unit_vectors: torch.Tensor, unit_paths: list[str], queries: to
 
 def quality(unit_vectors, unit_paths, query_vectors, rows, truth) -> dict:
     ranked = file_rankings(unit_vectors, unit_paths, query_vectors)
-    return retrieval_metrics({row["id"]: r for row, r in zip(rows, ranked)}, truth)
+    return retrieval_metrics({row["id"]: r for row, r in zip(rows, ranked, strict=True)}, truth)
 
 
 def main(quick: bool = False, budget_minutes: float | None = None) -> str:
     import lancedb
 
-    from recall_cli import exits, heal, quant
-    from recall_cli.heal import collect_head_outputs
+    from recall_cli.early_exit import quant
+    from recall_cli.early_exit.adapters import load_healed
+    from recall_cli.early_exit.encode import item_states, resume
+    from recall_cli.early_exit.heal import collect_head_outputs
+    from recall_cli.early_exit.plan import exit_plan
+    from recall_cli.early_exit.policy import parse_policy
     from recall_cli.models import load_model
 
     info = machine_info()
@@ -68,8 +71,8 @@ def main(quick: bool = False, budget_minutes: float | None = None) -> str:
         texts = [row["snippet"] for row in table]  # whole chunks (SNIPPET_CHARS covers a chunk)
         full = torch.tensor([row["vector"] for row in table])
         queries = model.encode_texts([row["query"] for row in rows]).cpu()
-        plan = exits.exit_plan(model, "text")
-        healed = heal.load_healed(db, model, "text")
+        plan = exit_plan(model, "text")
+        healed = load_healed(db, model, "text")
         points = healed.exits
         raw, superficial = collect_head_outputs(model, "text", texts, points, plan.k0, 32)
         fixed, _ = collect_head_outputs(model, "text", texts, points, plan.k0, 32, healed=healed)
@@ -80,11 +83,17 @@ def main(quick: bool = False, budget_minutes: float | None = None) -> str:
             before = quality(torch.nn.functional.normalize(raw[e], dim=-1), unit_paths, queries, rows, truth)
             after = quality(fixed[e], unit_paths, queries, rows, truth)
             per_exit[e] = {"before": before, "after": after}
-            table_rows.append([f"exit {e}: raw / healed", f"{before['R@1']:.3f} / {after['R@1']:.3f}",
-                               f"{before['R@10']:.3f} / {after['R@10']:.3f}",
-                               f"{before['MRR@10']:.3f} / {after['MRR@10']:.3f}", before["queries"]])
+            table_rows.append(
+                [
+                    f"exit {e}: raw / healed",
+                    f"{before['R@1']:.3f} / {after['R@1']:.3f}",
+                    f"{before['R@10']:.3f} / {after['R@10']:.3f}",
+                    f"{before['MRR@10']:.3f} / {after['MRR@10']:.3f}",
+                    before["queries"],
+                ]
+            )
 
-        predictor = exits.parse_policy("predictor", db, "minilm")
+        predictor = parse_policy("predictor", db, "minilm")
         chosen = predictor.choose("text", plan, superficial)
         mixed = torch.stack([full[i] if e == plan.depth else fixed[e][i] for i, e in enumerate(chosen)])
         policy_quality = quality(mixed, unit_paths, queries, rows, truth)
@@ -95,53 +104,85 @@ def main(quick: bool = False, budget_minutes: float | None = None) -> str:
         states = []
         with torch.inference_mode():
             for start in range(0, len(texts), 32):
-                batch = model.run_blocks(model.tokenize("text", texts[start:start + 32]), 0, plan.k0)
-                states.extend(exits._item_states(batch, list(range(batch.n_items))))
+                batch = model.run_blocks(model.tokenize("text", texts[start : start + 32]), 0, plan.k0)
+                states.extend(item_states(batch, list(range(batch.n_items))))
         decoded = [quant.decode_blob(quant.encode_blob(s, plan.k0)) for s in states]
-        resumed = exits.resume(model, "text", decoded, [plan.k0] * len(decoded))
+        resumed = resume(model, "text", decoded, [plan.k0] * len(decoded))
         resume_cos = (resumed * full).sum(-1)
 
     text = report["modalities"]["text"]
     stages = text["stages"]
     k0 = text["k0"]
     head_params = model.dim * model.dim + model.dim
-    per_block_params = ((stages[0]["trainable_params"] - head_params)
-                        // (stages[0]["new_blocks"][1] - stages[0]["new_blocks"][0])) if stages else 0
+    per_block_params = (
+        ((stages[0]["trainable_params"] - head_params) // (stages[0]["new_blocks"][1] - stages[0]["new_blocks"][0]))
+        if stages
+        else 0
+    )
     progressive_blocks = max(points) - k0
     separate_blocks = sum(e - k0 for e in points if e > k0)
     progressive_grad = sum(s["steps"] * (s["new_blocks"][1] - s["new_blocks"][0]) for s in stages)
     separate_grad = sum(s["steps"] * (s["exit"] - k0) for s in stages)
     full_quality = quality(full, unit_paths, queries, rows, truth)
     data = {
-        "machine": info, "docs": len(rows), "units": len(table), "heal_budget_minutes": budget,
-        "index_full_seconds": indexed["wall"], "heal_seconds": healed_run["wall"], "heal_report": report,
-        "full": full_quality, "per_exit": per_exit,
-        "predictor": {"quality": policy_quality, "mean_blocks": mean_blocks, "fraction_of_depth": mean_blocks / plan.depth,
-                      "histogram": histogram},
+        "machine": info,
+        "docs": len(rows),
+        "units": len(table),
+        "heal_budget_minutes": budget,
+        "index_full_seconds": indexed["wall"],
+        "heal_seconds": healed_run["wall"],
+        "heal_report": report,
+        "full": full_quality,
+        "per_exit": per_exit,
+        "predictor": {
+            "quality": policy_quality,
+            "mean_blocks": mean_blocks,
+            "fraction_of_depth": mean_blocks / plan.depth,
+            "histogram": histogram,
+        },
         "refinement_resume_cosine": {"min": float(resume_cos.min()), "mean": float(resume_cos.mean())},
-        "progressive": {"lora_params_per_block": per_block_params, "lora_blocks_progressive": progressive_blocks, "lora_blocks_separate": separate_blocks,
-                        "grad_block_steps_progressive": progressive_grad, "grad_block_steps_separate": separate_grad},
+        "progressive": {
+            "lora_params_per_block": per_block_params,
+            "lora_blocks_progressive": progressive_blocks,
+            "lora_blocks_separate": separate_blocks,
+            "grad_block_steps_progressive": progressive_grad,
+            "grad_block_steps_separate": separate_grad,
+        },
     }
     ratio = policy_quality["R@10"] / full_quality["R@10"]
-    markdown = "\n\n".join([
-        "## Healing (minilm, docstrings)",
-        f"Machine: {machine_line(info)}. Command: `python -m benchmarks.run --only heal{' --quick' if quick else ''}`; "
-        f"{len(rows)} documents, {len(table)} units, `recall heal --budget {budget}` "
-        f"({healed_run['wall']:.0f} s wall, adapters {report['adapter_bytes'] / 1024:.0f} KiB).",
-        "Coarse-only retrieval, queries at full depth (before / after healing):",
-        markdown_table(["documents at", "R@1", "R@10", "MRR@10", "queries"], table_rows),
-        markdown_table(["policy", "R@1", "R@10", "MRR@10", "mean blocks", "of full depth", "R@10 / full"],
-                       [["predictor (healed)", policy_quality["R@1"], policy_quality["R@10"], policy_quality["MRR@10"],
-                         mean_blocks, mean_blocks / plan.depth, ratio]]),
-        f"Predictor exits (units): {histogram}; held-out accuracy "
-        f"{text['predictor'].get('heldout_accuracy')}, label threshold {text['label_threshold']:.3f}.",
-        f"Refinement from the cached un-adapted state (INT4, block {k0}): cosine with true full depth "
-        f"min {float(resume_cos.min()):.4f}, mean {float(resume_cos.mean()):.4f} over {len(table)} units.",
-        f"Progressive sharing: one LoRA set on {progressive_blocks} blocks ({progressive_blocks * per_block_params} "
-        f"LoRA parameters) instead of {separate_blocks} block-adapters ({separate_blocks * per_block_params}) for one "
-        f"set per exit; backward passes through {progressive_grad} block-steps instead of {separate_grad} for the "
-        f"same steps.",
-    ])
+    markdown = "\n\n".join(
+        [
+            "## Healing (minilm, docstrings)",
+            f"Machine: {machine_line(info)}. "
+            f"Command: `python -m benchmarks.run --only heal{' --quick' if quick else ''}`; "
+            f"{len(rows)} documents, {len(table)} units, `recall heal --budget {budget}` "
+            f"({healed_run['wall']:.0f} s wall, adapters {report['adapter_bytes'] / 1024:.0f} KiB).",
+            "Coarse-only retrieval, queries at full depth (before / after healing):",
+            markdown_table(["documents at", "R@1", "R@10", "MRR@10", "queries"], table_rows),
+            markdown_table(
+                ["policy", "R@1", "R@10", "MRR@10", "mean blocks", "of full depth", "R@10 / full"],
+                [
+                    [
+                        "predictor (healed)",
+                        policy_quality["R@1"],
+                        policy_quality["R@10"],
+                        policy_quality["MRR@10"],
+                        mean_blocks,
+                        mean_blocks / plan.depth,
+                        ratio,
+                    ]
+                ],
+            ),
+            f"Predictor exits (units): {histogram}; held-out accuracy "
+            f"{text['predictor'].get('heldout_accuracy')}, label threshold {text['label_threshold']:.3f}.",
+            f"Refinement from the cached un-adapted state (INT4, block {k0}): cosine with true full depth "
+            f"min {float(resume_cos.min()):.4f}, mean {float(resume_cos.mean()):.4f} over {len(table)} units.",
+            f"Progressive sharing: one LoRA set on {progressive_blocks} blocks "
+            f"({progressive_blocks * per_block_params} LoRA parameters) instead of {separate_blocks} block-adapters "
+            f"({separate_blocks * per_block_params}) for one set per exit; backward passes through "
+            f"{progressive_grad} block-steps instead of {separate_grad} for the same steps.",
+        ]
+    )
     write_results("heal", data, markdown)
     return markdown
 

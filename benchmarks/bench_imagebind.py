@@ -17,6 +17,7 @@ Writes benchmarks/results/imagebind.json and .md.  Default run: well under 10 mi
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -30,11 +31,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
+import torch  # noqa: E402 - after the sys.path line, so the script runs from a checkout
 
-from recall_cli.models.imagebind import (HUGE_CONFIG, TRUNKS, ImageBindEncoder, build_trunk,  # noqa: E402
-                                         to_official_state_dict)
-from recall_cli.weights import load_safetensors_mmap, save_safetensors  # noqa: E402
+from recall_cli.models.imagebind.checkpoint import to_official_state_dict  # noqa: E402 - after the sys.path line, so the script runs from a checkout
+from recall_cli.models.imagebind.model import HUGE_CONFIG, TRUNKS, ImageBindEncoder, build_trunk  # noqa: E402 - after the sys.path line, so the script runs from a checkout
+from recall_cli.models.imagebind.weights import load_safetensors_mmap, save_safetensors  # noqa: E402 - after the sys.path line, so the script runs from a checkout
 
 RESULTS = ROOT / "benchmarks" / "results"
 TMP = RESULTS / "tmp"
@@ -66,24 +67,50 @@ def _child(mode: str, arg: str) -> None:
         with torch.no_grad():
             total = sum(float(p.float().sum()) for p in trunk.state_dict().values())  # page everything in
         touched = time.perf_counter() - t0
-        print(json.dumps({"load_s": loaded, "load_touch_s": touched, "rss_after_load_mb": rss_loaded,
-                          "peak_rss_mb": peak_rss_mb(), "checksum": total}))
+        print(
+            json.dumps(
+                {
+                    "load_s": loaded,
+                    "load_touch_s": touched,
+                    "rss_after_load_mb": rss_loaded,
+                    "peak_rss_mb": peak_rss_mb(),
+                    "checksum": total,
+                }
+            )
+        )
     elif mode == "naive":
-        from recall_cli.models.imagebind import convert_official_state_dict
+        from recall_cli.models.imagebind.checkpoint import convert_official_state_dict
 
         sd = torch.load(TMP / "imagebind_huge_random.pth", map_location="cpu", weights_only=True)
         read = time.perf_counter() - t0
         trunks = convert_official_state_dict(sd)
-        models = {k: build_trunk(k, HUGE_CONFIG, {n: t.clone() if ".attn." in n and n.endswith(
-            ("q.weight", "k.weight", "v.weight", "q.bias", "k.bias", "v.bias")) else t for n, t in v.items()})
-            for k, v in trunks.items()}
-        print(json.dumps({"torch_load_s": read, "load_s": time.perf_counter() - t0,
-                          "peak_rss_mb": peak_rss_mb(), "trunks": len(models)}))
+        models = {
+            k: build_trunk(
+                k,
+                HUGE_CONFIG,
+                {
+                    n: t.clone()
+                    if ".attn." in n and n.endswith(("q.weight", "k.weight", "v.weight", "q.bias", "k.bias", "v.bias"))
+                    else t
+                    for n, t in v.items()
+                },
+            )
+            for k, v in trunks.items()
+        }
+        print(
+            json.dumps(
+                {
+                    "torch_load_s": read,
+                    "load_s": time.perf_counter() - t0,
+                    "peak_rss_mb": peak_rss_mb(),
+                    "trunks": len(models),
+                }
+            )
+        )
 
 
 def run_child(mode: str, arg: str = "") -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", mode, arg], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run([sys.executable, __file__, "--child", mode, arg], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -119,11 +146,20 @@ def block_timings(trunks: dict, batches: dict, reps: dict) -> list[dict]:
             for batch in (1, batches[kind]):
                 x = torch.randn(batch, tokens_for(kind), dim).to(dtype)
                 causal = kind == "text"
-                sec = timeit(lambda: block(x, causal=causal), reps[kind] if batch == 1 else max(1, reps[kind] // 2))
-                rows.append({"trunk": kind, "dtype": str(dtype).removeprefix("torch."), "batch": batch,
-                             "tokens": tokens_for(kind), "ms_per_block": sec * 1000,
-                             "ms_per_block_per_seq": sec * 1000 / batch,
-                             "full_depth_s_est": sec * HUGE_CONFIG.trunk(kind).depth})
+                sec = timeit(
+                    functools.partial(block, x, causal=causal), reps[kind] if batch == 1 else max(1, reps[kind] // 2)
+                )
+                rows.append(
+                    {
+                        "trunk": kind,
+                        "dtype": str(dtype).removeprefix("torch."),
+                        "batch": batch,
+                        "tokens": tokens_for(kind),
+                        "ms_per_block": sec * 1000,
+                        "ms_per_block_per_seq": sec * 1000 / batch,
+                        "full_depth_s_est": sec * HUGE_CONFIG.trunk(kind).depth,
+                    }
+                )
                 print(f"  block {kind:6s} {rows[-1]['dtype']:8s} batch {batch:3d}: {sec * 1000:8.1f} ms", flush=True)
     return rows
 
@@ -138,9 +174,15 @@ def throughput(encoder: ImageBindEncoder, cases: list[tuple[str, int, int]]) -> 
             data = list(torch.randn(batch, 1, 1, 128, 204, generator=gen))
         else:
             data = [encoder.text_unit(f"query number {i} about a red kayak on a lake").data for i in range(batch)]
-        sec = timeit(lambda: encoder.encode(modality, data), reps, warmup=1 if batch * reps < 8 or modality != "image" else 0)
+        sec = timeit(
+            functools.partial(encoder.encode, modality, data),
+            reps,
+            warmup=1 if batch * reps < 8 or modality != "image" else 0,
+        )
         rows.append({"modality": modality, "batch": batch, "s_per_batch": sec, "items_per_s": batch / sec})
-        print(f"  full depth {modality:5s} batch {batch:3d}: {batch / sec:8.2f} items/s ({sec:.2f} s/batch)", flush=True)
+        print(
+            f"  full depth {modality:5s} batch {batch:3d}: {batch / sec:8.2f} items/s ({sec:.2f} s/batch)", flush=True
+        )
     return rows
 
 
@@ -159,9 +201,14 @@ def main() -> None:
     t_start = time.perf_counter()
     TMP.mkdir(parents=True, exist_ok=True)
     result: dict = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "cuda": torch.cuda.is_available()},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.is_available(),
+        },
         "config": "imagebind-huge (random weights in the official layout)",
         "quick": args.quick,
     }
@@ -174,8 +221,9 @@ def main() -> None:
         if not (TMP / f"{kind}.safetensors").exists():
             save_safetensors(trunk.state_dict(), TMP / f"{kind}.safetensors")
     if not (TMP / "imagebind_huge_random.pth").exists():
-        torch.save(to_official_state_dict({k: t.state_dict() for k, t in trunks.items()}),
-                   TMP / "imagebind_huge_random.pth")
+        torch.save(
+            to_official_state_dict({k: t.state_dict() for k, t in trunks.items()}), TMP / "imagebind_huge_random.pth"
+        )
     result["write_files_s"] = time.perf_counter() - t0
     result["file_sizes_mb"] = {p.name: p.stat().st_size / 2**20 for p in sorted(TMP.iterdir())}
 
@@ -194,8 +242,9 @@ def main() -> None:
     result["per_block"] = block_timings(trunks, batches, reps)
 
     print("full-depth throughput (fp32) ...", flush=True)
-    encoder = ImageBindEncoder(HUGE_CONFIG, "imagebind-huge", "bench", torch.device("cpu"), torch.float32,
-                               source=lambda kind: None)
+    encoder = ImageBindEncoder(
+        HUGE_CONFIG, "imagebind-huge", "bench", torch.device("cpu"), torch.float32, source=lambda kind: None
+    )
     encoder._trunks = {kind: trunks[kind] for kind in TRUNKS}
     cases = [("image", 1, 1), ("image", 4, 1), ("audio", 1, 3), ("audio", 8, 1), ("text", 1, 5), ("text", 32, 1)]
     if args.quick:
@@ -228,19 +277,34 @@ def markdown(r: dict) -> str:
     ]
     for kind in TRUNKS:
         x = r["load"][f"mmap_{kind}"]
-        lines.append(f"| {kind} trunk from safetensors (mmap) | {x['load_s']:.2f} | {x['load_touch_s']:.2f} | "
-                     f"{x['peak_rss_mb']:.0f} (after load only: {x['rss_after_load_mb']:.0f}) |")
+        lines.append(
+            f"| {kind} trunk from safetensors (mmap) | {x['load_s']:.2f} | {x['load_touch_s']:.2f} | "
+            f"{x['peak_rss_mb']:.0f} (after load only: {x['rss_after_load_mb']:.0f}) |"
+        )
     n = r["load"]["naive_full_torch_load"]
-    lines.append(f"| naive torch.load of the full checkpoint + build 3 trunks | {n['load_s']:.2f} "
-                 f"(torch.load {n['torch_load_s']:.2f}) | same | {n['peak_rss_mb']:.0f} |")
-    lines += ["", "## Per block (block 0 of each trunk; inference mode)", "",
-              "| trunk | dtype | batch | tokens | ms / block | ms / block / sequence | est. full depth s / batch |",
-              "|---|---|---|---|---|---|---|"]
+    lines.append(
+        f"| naive torch.load of the full checkpoint + build 3 trunks | {n['load_s']:.2f} "
+        f"(torch.load {n['torch_load_s']:.2f}) | same | {n['peak_rss_mb']:.0f} |"
+    )
+    lines += [
+        "",
+        "## Per block (block 0 of each trunk; inference mode)",
+        "",
+        "| trunk | dtype | batch | tokens | ms / block | ms / block / sequence | est. full depth s / batch |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in r["per_block"]:
-        lines.append(f"| {row['trunk']} | {row['dtype']} | {row['batch']} | {row['tokens']} | {row['ms_per_block']:.1f} | "
-                     f"{row['ms_per_block_per_seq']:.1f} | {row['full_depth_s_est']:.2f} |")
-    lines += ["", "## Full depth, fp32 (stem + all blocks + head)", "", "| modality | batch | s / batch | items / s |",
-              "|---|---|---|---|"]
+        lines.append(
+            f"| {row['trunk']} | {row['dtype']} | {row['batch']} | {row['tokens']} | {row['ms_per_block']:.1f} | "
+            f"{row['ms_per_block_per_seq']:.1f} | {row['full_depth_s_est']:.2f} |"
+        )
+    lines += [
+        "",
+        "## Full depth, fp32 (stem + all blocks + head)",
+        "",
+        "| modality | batch | s / batch | items / s |",
+        "|---|---|---|---|",
+    ]
     for row in r["throughput_fp32"]:
         lines.append(f"| {row['modality']} | {row['batch']} | {row['s_per_batch']:.2f} | {row['items_per_s']:.2f} |")
     lines += ["", f"Suggested batch sizes (sequences) for the free memory at the time: {r['suggested_batch']}", ""]

@@ -19,8 +19,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from .common import (CORPUS, REPO, machine_info, machine_line, markdown_table, percentile, recall_cmd,
-                     run_measured, write_results)
+from .common import (
+    CORPUS,
+    REPO,
+    machine_info,
+    machine_line,
+    markdown_table,
+    percentile,
+    recall_cmd,
+    run_measured,
+    write_results,
+)
 
 
 def _docs(count: int, skip: int = 0) -> list[dict]:
@@ -59,9 +68,10 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def _warm_search(db: Path, text: str, limit: int = 5) -> list[str]:
-    from recall_cli.server import warm_query
+    from recall_cli.query.options import QueryOptions
+    from recall_cli.query.server import warm_query
 
-    results = warm_query(db, [text], limit, 0, None, None) or [[]]
+    results = warm_query(db, [text], QueryOptions(limit=limit)) or [[]]
     return [result["path"] for result in results[0]]
 
 
@@ -82,9 +92,14 @@ def main(quick: bool = False) -> str:
         assert indexed["rc"] == 0, indexed["stderr"]
 
         log_path = base / "watch.log"
-        log = open(log_path, "wb")
-        watcher = subprocess.Popen(recall_cmd("watch", root, "--db", db, "--json-log"), stdout=subprocess.DEVNULL,
-                                   stderr=log, cwd=REPO, env=env)
+        with open(log_path, "wb") as log:  # the watcher keeps its own copy of the descriptor
+            watcher = subprocess.Popen(
+                recall_cmd("watch", root, "--db", db, "--json-log"),
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                cwd=REPO,
+                env=env,
+            )
         try:
             started = time.perf_counter()
             _wait(lambda: b'"event": "watching"' in log_path.read_bytes(), 300, 0.05)
@@ -94,8 +109,9 @@ def main(quick: bool = False) -> str:
             warm, cold, same = [], [], True
             for text in queries:
                 hot = run_measured(recall_cmd("query", text, "--db", db, "--json"), env=env)
-                frozen = run_measured(recall_cmd("query", text, "--db", db, "--json"),
-                                      env=dict(env, RECALL_NO_SERVER="1"))
+                frozen = run_measured(
+                    recall_cmd("query", text, "--db", db, "--json"), env=dict(env, RECALL_NO_SERVER="1")
+                )
                 assert hot["rc"] == 0 and frozen["rc"] == 0, (hot["stderr"], frozen["stderr"])
                 warm.append(hot["wall"])
                 cold.append(frozen["wall"])
@@ -116,7 +132,7 @@ def main(quick: bool = False) -> str:
                 text = doc["doc"][:600]  # the query is the text itself: it ranks first once indexed
                 landed = time.perf_counter()
                 path.write_text(text, encoding="utf-8")
-                _wait(lambda: str(path) in _warm_search(db, text, 3), 120, 0.05)
+                _wait(lambda path=path, text=text: str(path) in _warm_search(db, text, 3), 120, 0.05)
                 landing_idle.append(time.perf_counter() - landed)
                 time.sleep(1.0)
 
@@ -141,10 +157,14 @@ def main(quick: bool = False) -> str:
                 time.sleep(0.05)
             burst_total = time.perf_counter() - burst_start
             landing_burst = [seen[path] - written[path] for path in seen]
-            batches = [json.loads(line) for line in log_path.read_bytes()[log_mark:].decode().splitlines()
-                       if line.startswith("{") and '"event": "batch"' in line]
-            applied_paths = sum(batch["added"] + batch["updated"] + batch["moved"] + batch["removed"]
-                                for batch in batches)  # files changed in the index
+            batches = [
+                json.loads(line)
+                for line in log_path.read_bytes()[log_mark:].decode().splitlines()
+                if line.startswith("{") and '"event": "batch"' in line
+            ]
+            applied_paths = sum(
+                batch["added"] + batch["updated"] + batch["moved"] + batch["removed"] for batch in batches
+            )  # files changed in the index
             applied_seconds = sum(batch["seconds"] for batch in batches)
         finally:
             watcher.send_signal(signal.SIGTERM)
@@ -153,55 +173,107 @@ def main(quick: bool = False) -> str:
             except subprocess.TimeoutExpired:
                 watcher.kill()
                 exit_code = None
-            log.close()
 
     data = {
-        "machine": info, "quick": quick, "docs_indexed": n_docs, "watcher_startup_s": startup,
-        "query": {"queries": n_queries, "warm_s": warm, "cold_s": cold, "identical_output": same,
-                  "warm_p50": percentile(warm, 0.5), "warm_max": max(warm),
-                  "cold_p50": percentile(cold, 0.5), "cold_max": max(cold)},
-        "idle_cpu": {"seconds_observed": idle_wall, "cpu_seconds": idle_cpu,
-                     "cpu_percent": 100 * idle_cpu / idle_wall},
-        "landing_idle_s": {"samples": landing_idle, "p50": percentile(landing_idle, 0.5),
-                           "p95": percentile(landing_idle, 0.95)},
-        "burst": {"files": n_burst, "write_seconds": write_seconds, "all_searchable_s": burst_total,
-                  "landed": len(seen), "landing_p50": percentile(landing_burst, 0.5),
-                  "landing_p95": percentile(landing_burst, 0.95), "batches": len(batches),
-                  "applied_paths": applied_paths, "apply_seconds": applied_seconds,
-                  "events_per_s_apply": applied_paths / applied_seconds if applied_seconds else None,
-                  "events_per_s_end_to_end": len(seen) / burst_total},
-        "watcher_exit_code": exit_code, "debounce_delay_s": 3.0,
+        "machine": info,
+        "quick": quick,
+        "docs_indexed": n_docs,
+        "watcher_startup_s": startup,
+        "query": {
+            "queries": n_queries,
+            "warm_s": warm,
+            "cold_s": cold,
+            "identical_output": same,
+            "warm_p50": percentile(warm, 0.5),
+            "warm_max": max(warm),
+            "cold_p50": percentile(cold, 0.5),
+            "cold_max": max(cold),
+        },
+        "idle_cpu": {"seconds_observed": idle_wall, "cpu_seconds": idle_cpu, "cpu_percent": 100 * idle_cpu / idle_wall},
+        "landing_idle_s": {
+            "samples": landing_idle,
+            "p50": percentile(landing_idle, 0.5),
+            "p95": percentile(landing_idle, 0.95),
+        },
+        "burst": {
+            "files": n_burst,
+            "write_seconds": write_seconds,
+            "all_searchable_s": burst_total,
+            "landed": len(seen),
+            "landing_p50": percentile(landing_burst, 0.5),
+            "landing_p95": percentile(landing_burst, 0.95),
+            "batches": len(batches),
+            "applied_paths": applied_paths,
+            "apply_seconds": applied_seconds,
+            "events_per_s_apply": applied_paths / applied_seconds if applied_seconds else None,
+            "events_per_s_end_to_end": len(seen) / burst_total,
+        },
+        "watcher_exit_code": exit_code,
+        "debounce_delay_s": 3.0,
     }
     q, b = data["query"], data["burst"]
-    markdown = "\n".join([
-        "# recall watch", "",
-        f"Machine: {machine_line(info)}. One run ({'quick' if quick else 'full'}); {n_docs} docstring files "
-        f"indexed with minilm; watcher with default settings (3 s debounce delay).", "",
-        "## Warm vs cold `recall query` (process start to last result printed)", "",
-        markdown_table(["", "p50 (s)", "max (s)"],
-                       [["warm (answered by `recall watch` over the socket)", q["warm_p50"], q["warm_max"]],
-                        ["cold (RECALL_NO_SERVER=1: loads the model)", q["cold_p50"], q["cold_max"]]]),
-        "", f"{n_queries} queries, alternating warm/cold; outputs identical: {same}. "
-            f"Speed-up at p50: {q['cold_p50'] / q['warm_p50']:.1f}x.", "",
-        "## Landing to searchable", "",
-        markdown_table(["situation", "files", "p50 (s)", "p95 (s)"],
-                       [["idle (until a warm query returns it)", len(landing_idle), data["landing_idle_s"]["p50"],
-                         data["landing_idle_s"]["p95"]],
-                        [f"burst of {n_burst} files (until its rows are committed)", len(seen), b["landing_p50"],
-                         b["landing_p95"]]]),
-        "", "Both include the 3 s debounce delay (a file is indexed once it has been quiet that long).", "",
-        "## Idle CPU and burst throughput", "",
-        markdown_table(["measure", "value"], [
-            ["idle watcher CPU over %.0f s (CPU s)" % idle_wall, idle_cpu],
-            ["idle watcher CPU (%)", data["idle_cpu"]["cpu_percent"]],
-            [f"burst: files written in (s)", write_seconds],
-            ["burst: all searchable after (s)", burst_total],
-            ["burst: batches", len(batches)],
-            ["burst: files applied per second (batch apply time only)", b["events_per_s_apply"] or float("nan")],
-            ["burst: files per second end to end (incl. debounce)", b["events_per_s_end_to_end"]],
-            ["watcher startup incl. catch-up and model load (s)", startup],
-        ]),
-    ])
+    markdown = "\n".join(
+        [
+            "# recall watch",
+            "",
+            f"Machine: {machine_line(info)}. One run ({'quick' if quick else 'full'}); {n_docs} docstring files "
+            f"indexed with minilm; watcher with default settings (3 s debounce delay).",
+            "",
+            "## Warm vs cold `recall query` (process start to last result printed)",
+            "",
+            markdown_table(
+                ["", "p50 (s)", "max (s)"],
+                [
+                    ["warm (answered by `recall watch` over the socket)", q["warm_p50"], q["warm_max"]],
+                    ["cold (RECALL_NO_SERVER=1: loads the model)", q["cold_p50"], q["cold_max"]],
+                ],
+            ),
+            "",
+            f"{n_queries} queries, alternating warm/cold; outputs identical: {same}. "
+            f"Speed-up at p50: {q['cold_p50'] / q['warm_p50']:.1f}x.",
+            "",
+            "## Landing to searchable",
+            "",
+            markdown_table(
+                ["situation", "files", "p50 (s)", "p95 (s)"],
+                [
+                    [
+                        "idle (until a warm query returns it)",
+                        len(landing_idle),
+                        data["landing_idle_s"]["p50"],
+                        data["landing_idle_s"]["p95"],
+                    ],
+                    [
+                        f"burst of {n_burst} files (until its rows are committed)",
+                        len(seen),
+                        b["landing_p50"],
+                        b["landing_p95"],
+                    ],
+                ],
+            ),
+            "",
+            "Both include the 3 s debounce delay (a file is indexed once it has been quiet that long).",
+            "",
+            "## Idle CPU and burst throughput",
+            "",
+            markdown_table(
+                ["measure", "value"],
+                [
+                    [f"idle watcher CPU over {idle_wall:.0f} s (CPU s)", idle_cpu],
+                    ["idle watcher CPU (%)", data["idle_cpu"]["cpu_percent"]],
+                    ["burst: files written in (s)", write_seconds],
+                    ["burst: all searchable after (s)", burst_total],
+                    ["burst: batches", len(batches)],
+                    [
+                        "burst: files applied per second (batch apply time only)",
+                        b["events_per_s_apply"] or float("nan"),
+                    ],
+                    ["burst: files per second end to end (incl. debounce)", b["events_per_s_end_to_end"]],
+                    ["watcher startup incl. catch-up and model load (s)", startup],
+                ],
+            ),
+        ]
+    )
     write_results("watch", data, markdown)
     return markdown
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -32,14 +31,24 @@ def machine_info() -> dict:
         pass
     memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(memory_gib, 1), "gpu": gpu,
-            "python": platform.python_version(), "torch": torch.__version__,
-            "platform": platform.platform(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(memory_gib, 1),
+        "gpu": gpu,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
 
 
 def machine_line(info: dict) -> str:
-    return (f"{info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB"
-            + (f", GPU {info['gpu']}" if info["gpu"] else ", no GPU") + f", torch {info['torch']}")
+    return (
+        f"{info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB"
+        + (f", GPU {info['gpu']}" if info["gpu"] else ", no GPU")
+        + f", torch {info['torch']}"
+    )
 
 
 def write_results(name: str, data: dict, markdown: str) -> Path:
@@ -79,15 +88,22 @@ def run_measured(command: list[str], stdin: str | None = None, env: dict | None 
 
     Peak memory comes from a tiny wrapper process so that each measurement sees only its own
     child (RUSAGE_CHILDREN of a fresh parent)."""
-    wrapper = ("import resource, subprocess, sys, json, time\n"
-               "start = time.perf_counter()\n"
-               "done = subprocess.run(sys.argv[1:], stdin=sys.stdin, stdout=subprocess.PIPE)\n"
-               "wall = time.perf_counter() - start\n"
-               "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024\n"
-               "sys.stderr.write(json.dumps({'wall': wall, 'peak_mib': peak, 'rc': done.returncode}) + '\\n')\n"
-               "sys.stdout.buffer.write(done.stdout)\n")
-    done = subprocess.run([sys.executable, "-c", wrapper, *command], input=stdin, capture_output=True,
-                          text=True, env=dict(os.environ, **(env or {})))
+    wrapper = (
+        "import resource, subprocess, sys, json, time\n"
+        "start = time.perf_counter()\n"
+        "done = subprocess.run(sys.argv[1:], stdin=sys.stdin, stdout=subprocess.PIPE)\n"
+        "wall = time.perf_counter() - start\n"
+        "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024\n"
+        "sys.stderr.write(json.dumps({'wall': wall, 'peak_mib': peak, 'rc': done.returncode}) + '\\n')\n"
+        "sys.stdout.buffer.write(done.stdout)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", wrapper, *command],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, **(env or {})),
+    )
     measured = json.loads(done.stderr.strip().splitlines()[-1])
     measured["stdout"] = done.stdout
     measured["stderr"] = "\n".join(done.stderr.strip().splitlines()[:-1])

@@ -23,8 +23,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller corpora, for a fast look")
     parser.add_argument("--only", default=",".join(SUITES), help="comma-separated suites: " + ", ".join(SUITES))
     args = parser.parse_args()
-    sections = [f"# recall benchmarks\n\nMachine: {machine_line(machine_info())}. "
-                f"Command: `python -m benchmarks.run{' --quick' if args.quick else ''}`."]
+    sections = [
+        f"# recall benchmarks\n\nMachine: {machine_line(machine_info())}. "
+        f"Command: `python -m benchmarks.run{' --quick' if args.quick else ''}`."
+    ]
     for name in args.only.split(","):
         started = time.perf_counter()
         try:

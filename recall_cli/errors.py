@@ -26,8 +26,9 @@ def first_line(error: BaseException, limit: int | None = None) -> str:
 # LanceDB's Rust errors (RuntimeError/OSError whose text holds "... (os error 28)"); all become one
 # StorageError line that says what happened and what to do.
 
-REBUILD_HINT = ("rebuild it with `recall index --rebuild PATH...` (the old index is replaced only "
-                "once the new one is complete)")
+REBUILD_HINT = (
+    "rebuild it with `recall index --rebuild PATH...` (the old index is replaced only once the new one is complete)"
+)
 
 _OS_ERROR_NUMBER = re.compile(r"os error (\d+)")
 _RUST_SOURCE = re.compile(r",\s*\S+\.rs:\d+:\d+")  # where in lance's sources an error was raised
@@ -120,29 +121,36 @@ def storage_error(error: BaseException, db_dir=None, reading: bool = False) -> S
     if reason in ("readonly", "ioerr", errno.EACCES, errno.EPERM) and db_dir is not None:
         reason = _refine_reason(reason, os.fspath(db_dir))
     if reason == errno.ENOSPC:
-        message = (f"no space left on device writing {where}: free some space (or move the index to "
-                   f"another disk with --db), {intact}")
+        message = (
+            f"no space left on device writing {where}: free some space (or move the index to "
+            f"another disk with --db), {intact}"
+        )
     elif reason == errno.EDQUOT:
         message = f"disk quota exceeded writing {where}: free some space or raise your quota, {intact}"
     elif reason == errno.EFBIG:
         message = f"file size limit reached writing {where} (see `ulimit -f`): raise the limit, {intact}"
     elif reason == errno.EROFS:
-        message = (f"{where} is on a read-only file system: queries still work; to change the index, "
-                   "remount it read-write or use --db elsewhere")
+        message = (
+            f"{where} is on a read-only file system: queries still work; to change the index, "
+            "remount it read-write or use --db elsewhere"
+        )
     elif reason == "cantopen" or (reading and reason in (errno.EACCES, errno.EPERM)):
-        message = (f"cannot open {where} ({error_text(error, 120)}): make it readable for your user "
-                   "(chmod -R u+rwX), or use --db elsewhere")
+        message = (
+            f"cannot open {where} ({error_text(error, 120)}): make it readable for your user "
+            "(chmod -R u+rwX), or use --db elsewhere"
+        )
     elif reason in (errno.EACCES, errno.EPERM, "readonly"):
         if db_dir is not None and not os.path.exists(db_dir):
-            message = (f"cannot create {where}: permission denied; choose a --db directory you can "
-                       "write to")
+            message = f"cannot create {where}: permission denied; choose a --db directory you can write to"
         else:
-            message = (f"no permission to write {where}: queries still work; to change the index, make "
-                       f"it writable for your user (chmod -R u+w) or use --db elsewhere")
+            message = (
+                f"no permission to write {where}: queries still work; to change the index, make "
+                f"it writable for your user (chmod -R u+w) or use --db elsewhere"
+            )
     elif reason == "damaged":
         message = f"{where} is damaged ({error_text(error)}); {REBUILD_HINT}"
     else:  # "ioerr": SQLite keeps no errno
-        message = (f"disk I/O error writing {where}: check the disk and its free space, {intact}")
+        message = f"disk I/O error writing {where}: check the disk and its free space, {intact}"
     return StorageError(message, reason)
 
 

@@ -1,79 +1,11 @@
-"""Where the index lives: --db DIR, else $RECALL_DB, else the per-user data directory."""
+"""File names as the index stores and shows them: names that are not UTF-8 kept exactly, and
+names made safe for a terminal, a table or JSON."""
 
 from __future__ import annotations
 
 import base64
 import os
 import re
-from pathlib import Path
-
-DB_ENV = "RECALL_DB"
-
-
-def default_db_dir() -> Path:
-    """XDG data dir on Linux ($XDG_DATA_HOME/recall), platformdirs elsewhere."""
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("recall", appauthor=False)) / "index"
-
-
-def resolve_db(db: str | os.PathLike | None) -> Path:
-    chosen = db or os.environ.get(DB_ENV)
-    return Path(chosen).expanduser().absolute() if chosen else default_db_dir()
-
-
-def ensure_private_dir(path: Path) -> Path:
-    """Create the index directory readable by its owner only (0700).  An existing one loses its
-    group/other bits but keeps its owner's: an index its owner made read-only stays read-only."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    try:
-        mode = os.stat(path).st_mode & 0o7777
-        if mode & 0o077:
-            os.chmod(path, mode & 0o700)
-    except OSError:
-        pass
-    return path
-
-
-def prepare_index_dir(db_dir: Path) -> Path:
-    """The index directory of a writer (`index`, `watch`): created private, and checked writable
-    before anything is written; any problem is one clear line (errors.StorageError)."""
-    from .errors import storage_error
-
-    try:
-        ensure_private_dir(db_dir)
-    except OSError as error:
-        raise (storage_error(error, db_dir) or error) from None
-    check_writable(db_dir)
-    return db_dir
-
-
-def check_writable(db_dir: Path) -> None:
-    """Fail with one clear line (errors.StorageError) before anything is written when the index
-    directory cannot take a new file: read-only file system or directory, no permission, no space."""
-    import tempfile
-
-    from .errors import storage_error
-
-    try:
-        handle, probe = tempfile.mkstemp(prefix=".recall-probe-", dir=db_dir)
-    except OSError as error:
-        raise (storage_error(error, db_dir) or error) from None
-    os.close(handle)
-    os.unlink(probe)
-
-
-def directory_bytes(path: Path) -> int:
-    """Bytes used by the files under `path` (the index size shown by `stats`)."""
-    total = 0
-    for folder, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(folder, name)).st_size
-            except OSError:
-                pass
-    return total
-
 
 # File names are bytes on POSIX; Python hands us names that are not UTF-8 with each bad byte as a
 # lone surrogate (U+DC80..U+DCFF, "surrogateescape").  Arrow and SQLite accept only valid UTF-8, so

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
 from conftest import REPO
 from restricted import LAUNCH, binds
 
@@ -31,9 +30,20 @@ BAD = {
     "self-loop": "symlink loop",
     "locked.txt": "Permission denied",
 }
-GOOD = ["plain.txt", "name\nwith newline.txt", "-rf.txt", os.fsdecode(b"caf\xe9-latin1.txt"),
-        "good.jpg", "good.mp4", "good.mp3", "truncated.mp3", "short.wav", "long.m4a", "long.flac",
-        "loop/note.md"]
+GOOD = [
+    "plain.txt",
+    "name\nwith newline.txt",
+    "-rf.txt",
+    os.fsdecode(b"caf\xe9-latin1.txt"),
+    "good.jpg",
+    "good.mp4",
+    "good.mp3",
+    "truncated.mp3",
+    "short.wav",
+    "long.m4a",
+    "long.flac",
+    "loop/note.md",
+]
 
 
 def image_bytes(fmt: str, size=(64, 48), colour=(200, 30, 30)) -> bytes:
@@ -132,8 +142,12 @@ def make_bad_corpus(root: Path) -> Path:
     (root / "binary-named.txt").write_bytes(bytes(range(256)) * 4)
     Image.new("1", (20000, 20000)).save(root / "bomb.png")  # 400 Mpx, 49 KB on disk
     soundfile.write(root / "short.wav", np.zeros(1600, np.float32), 16000)  # 0.1 s
-    soundfile.write(root / "long.flac", (0.05 * np.sin(np.arange(8000 * 3 * 3600) * 0.05)).astype(np.float32),
-                    8000, subtype="PCM_16")  # 3 hours
+    soundfile.write(
+        root / "long.flac",
+        (0.05 * np.sin(np.arange(8000 * 3 * 3600) * 0.05)).astype(np.float32),
+        8000,
+        subtype="PCM_16",
+    )  # 3 hours
     write_long_m4a(root / "long.m4a", 3 * 3600)
     (root / "locked.txt").write_text("private words")
     os.chmod(root / "locked.txt", 0)
@@ -148,8 +162,13 @@ def make_bad_corpus(root: Path) -> Path:
 def run_recall_as_user(*args, home: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     """`recall` in a fresh process bound by file permissions (as root: without the capabilities
     that bypass them; anyone else: as is); output as bytes, file names may not be UTF-8."""
-    env = dict(os.environ, HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"),
-               XDG_DATA_HOME=str(home / ".local/share"), RECALL_DEVICE="cpu")
+    env = dict(
+        os.environ,
+        HOME=str(home),
+        XDG_CACHE_HOME=str(home / ".cache"),
+        XDG_DATA_HOME=str(home / ".local/share"),
+        RECALL_DEVICE="cpu",
+    )
     command = [sys.executable, "-m", "recall_cli", *map(str, args)]
     if os.geteuid() == 0:
         command = [sys.executable, "-c", LAUNCH, "nodac", "0", *command[1:]]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from recall_cli.cli import app
+from recall_cli.cli.commands import app
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -24,11 +24,11 @@ class Cli:
         self.db = db
         self.runner = CliRunner()
 
-    def __call__(self, *args, input: str | None = None, db: bool = True):
+    def __call__(self, *args, stdin: str | None = None, db: bool = True):
         argv = [str(arg) for arg in args]
         if db:
             argv += ["--db", str(self.db)]
-        result = self.runner.invoke(app, argv, input=input, catch_exceptions=False)
+        result = self.runner.invoke(app, argv, input=stdin, catch_exceptions=False)
         return result
 
 
@@ -52,11 +52,18 @@ def write_files(root: Path, files: dict[str, str | bytes]) -> None:
             path.write_text(content, encoding="utf-8")
 
 
-def run_recall(*args, input: str | None = None, env: dict | None = None, timeout: int = 300):
+def run_recall(*args, stdin: str | None = None, env: dict | None = None, timeout: int = 300):
     """The real `recall` in a fresh process (for import-cost and stdin/exit-code checks)."""
     full_env = dict(os.environ, **(env or {}))
-    return subprocess.run([sys.executable, "-m", "recall_cli", *map(str, args)], input=input,
-                          capture_output=True, text=True, env=full_env, timeout=timeout, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "recall_cli", *map(str, args)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=REPO,
+    )
 
 
 def assert_clear_error(result, *phrases) -> None:

@@ -67,7 +67,7 @@ def _write_aac(container) -> None:
     stream = container.add_stream("aac", rate=rate)
     stream.layout = "mono"
     for i in range(0, len(samples), 1024):
-        frame = av.AudioFrame.from_ndarray(samples[None, i:i + 1024], format="flt", layout="mono")
+        frame = av.AudioFrame.from_ndarray(samples[None, i : i + 1024], format="flt", layout="mono")
         frame.sample_rate, frame.pts = rate, i
         for packet in stream.encode(frame):
             container.mux(packet)
@@ -107,13 +107,15 @@ def _pdf() -> bytes:
     return bytes(out)
 
 
-HTML = (b"<!doctype html><html><head><title>Trip</title><style>p{color:red}</style>"
-        b"<script>var x = '<p>';</script></head><body><h1>Kayak</h1><p>Red kayak &amp; "
-        b"sunset &#x1F6F6;</p><ul><li>one<li>two</ul><!-- note --><![CDATA[x]]></body></html>")
-TEXT = "Notes: the red kayak, caf\u00e9, \u65e5\u672c, emoji \U0001F6F6.\n".encode() * 3
+HTML = (
+    b"<!doctype html><html><head><title>Trip</title><style>p{color:red}</style>"
+    b"<script>var x = '<p>';</script></head><body><h1>Kayak</h1><p>Red kayak &amp; "
+    b"sunset &#x1F6F6;</p><ul><li>one<li>two</ul><!-- note --><![CDATA[x]]></body></html>"
+)
+TEXT = "Notes: the red kayak, caf\u00e9, \u65e5\u672c, emoji \U0001f6f6.\n".encode() * 3
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def seeds() -> dict[str, bytes]:
     """suffix -> one small valid file in that format."""
     return {
@@ -158,7 +160,7 @@ def mutate(data: bytes, edits: list[tuple[int, int, int]]) -> bytes:
         else:
             extreme = extremes[value % len(extremes)]
             order = "little" if value & 0x100 else "big"
-            out[i:i + 4] = extreme.to_bytes(4, order)
+            out[i : i + 4] = extreme.to_bytes(4, order)
     return bytes(out)
 
 
@@ -169,8 +171,18 @@ def mutate(data: bytes, edits: list[tuple[int, int, int]]) -> bytes:
 MODALITIES = (None, "image", "audio", "video", "text")
 # names that exercise glob syntax in ignore-file fuzzing: brackets, a leading `!`/`#`, spaces,
 # non-ASCII, nested directories
-TREE = ("a.txt", "b.md", "x y.txt", "\u00fcn\u00ef.txt", "[x].md", "!bang.md", "#hash.md",
-        "notes/c.txt", "notes/deep/d.jpg", "build/e.log")
+TREE = (
+    "a.txt",
+    "b.md",
+    "x y.txt",
+    "\u00fcn\u00ef.txt",
+    "[x].md",
+    "!bang.md",
+    "#hash.md",
+    "notes/c.txt",
+    "notes/deep/d.jpg",
+    "build/e.log",
+)
 
 
 def assert_one_line(error: BaseException) -> None:

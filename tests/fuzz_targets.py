@@ -22,10 +22,18 @@ import tempfile
 from pathlib import Path
 
 import atheris
-
 import fuzz_seeds
-from fuzz_seeds import (AUDIO_SUFFIXES, IMAGE_SUFFIXES, MODALITIES, TEXT_SUFFIXES, TREE, VIDEO_SUFFIXES,
-                        assert_media_tensor, assert_one_line, assert_valid_query)
+from fuzz_seeds import (
+    AUDIO_SUFFIXES,
+    IMAGE_SUFFIXES,
+    MODALITIES,
+    TEXT_SUFFIXES,
+    TREE,
+    VIDEO_SUFFIXES,
+    assert_media_tensor,
+    assert_one_line,
+    assert_valid_query,
+)
 
 # pure-Python code whose branches guide the fuzzer; torch, numpy and the C decoders are imported
 # uninstrumented (instrumenting torch would take minutes)
@@ -64,30 +72,37 @@ def _decoder_target(decode, suffixes, check):
 
 
 def image():
-    from recall_cli import media
+    from recall_cli.models.imagebind.media import image as media_image
 
-    return _decoder_target(media.load_image, IMAGE_SUFFIXES,
-                           lambda image: assert_media_tensor(image[None], (3, 224, 224), 1))
+    return _decoder_target(
+        media_image.load_image, IMAGE_SUFFIXES, lambda image: assert_media_tensor(image[None], (3, 224, 224), 1)
+    )
 
 
 def video():
-    from recall_cli import media
+    from recall_cli.models.imagebind.media import video as media_video
 
-    return _decoder_target(media.load_video, VIDEO_SUFFIXES,
-                           lambda video: assert_media_tensor(video, (3, 2, 224, 224),
-                                                             media.VIDEO_CLIPS * media.VIDEO_CROPS))
+    return _decoder_target(
+        media_video.load_video,
+        VIDEO_SUFFIXES,
+        lambda video: assert_media_tensor(video, (3, 2, 224, 224), media_video.VIDEO_CLIPS * media_video.VIDEO_CROPS),
+    )
 
 
 def audio():
-    from recall_cli import media
+    from recall_cli.models.imagebind.media import audio as media_audio
 
-    return _decoder_target(media.load_audio, AUDIO_SUFFIXES,
-                           lambda audio: assert_media_tensor(audio, (1, 128, 204), media.AUDIO_MAX_CLIPS))
+    return _decoder_target(
+        media_audio.load_audio,
+        AUDIO_SUFFIXES,
+        lambda audio: assert_media_tensor(audio, (1, 128, 204), media_audio.AUDIO_MAX_CLIPS),
+    )
 
 
 def text():
     import pypdf  # noqa: F401 - imported here, not on first use, so that it is instrumented
-    from recall_cli.textextract import extract_text
+
+    from recall_cli.models.textextract import extract_text
 
     def check(text) -> None:
         assert isinstance(text, str) and text and text == text.strip()
@@ -96,7 +111,7 @@ def text():
 
 
 def sniff():
-    from recall_cli.sniff import sniff_bytes, sniff_path
+    from recall_cli.index.sniff import sniff_bytes, sniff_path
 
     suffixes = tuple(sorted(fuzz_seeds.seeds()))
 
@@ -115,7 +130,7 @@ def sniff():
 
 def query():
     from recall_cli.errors import RecallError
-    from recall_cli.querylang import parse_query
+    from recall_cli.query.language import parse_query
 
     def one_input(data: bytes) -> None:
         text = atheris.FuzzedDataProvider(data).ConsumeUnicodeNoSurrogates(len(data))
@@ -126,15 +141,23 @@ def query():
             return
         assert_valid_query(terms)
 
-    queries = ['red kayak', '"beach" + "dog" - "people"', "2:'dog' + 0.5:'cat'", '"sea" - .5:"boat"',
-               '"a \\" quote"', "Grandma's pie", '-"x"', '0:"a" + 0:"b"']
+    queries = [
+        "red kayak",
+        '"beach" + "dog" - "people"',
+        "2:'dog' + 0.5:'cat'",
+        '"sea" - .5:"boat"',
+        '"a \\" quote"',
+        "Grandma's pie",
+        '-"x"',
+        '0:"a" + 0:"b"',
+    ]
     # FuzzedDataProvider's string format: a first byte with bit 0 clear means ASCII
     return one_input, [b"\x00" + query.encode() for query in queries]
 
 
 def date():
     from recall_cli.errors import RecallError
-    from recall_cli.querylang import parse_date
+    from recall_cli.query.language import parse_date
 
     def one_input(data: bytes) -> None:
         provider = atheris.FuzzedDataProvider(data)
@@ -146,8 +169,14 @@ def date():
             return
         assert isinstance(ns, int) and -(2**63) <= ns <= 2**63 - 1
 
-    dates = ["2024-05-01", "9999-12-31", "0001-01-01", "2024-05-01T14:30", "2024-05-01T14:30:00Z",
-             "2024-05-01 14:30:00.123456+05:30"]
+    dates = [
+        "2024-05-01",
+        "9999-12-31",
+        "0001-01-01",
+        "2024-05-01T14:30",
+        "2024-05-01T14:30:00Z",
+        "2024-05-01 14:30:00.123456+05:30",
+    ]
     return one_input, [end + b"\x00" + day.encode() for day in dates for end in (b"\x00", b"\x01")]
 
 
@@ -160,7 +189,7 @@ ROOT = WORK / "tree"
 
 def _scanner():
     """check(options): scan ROOT, and check what a scan must give whatever the ignore rules."""
-    from recall_cli.scan import PathFilter, ScanOptions, scan_roots
+    from recall_cli.index.scan import PathFilter, ScanOptions, scan_roots
 
     for relative in TREE:
         (ROOT / relative).parent.mkdir(parents=True, exist_ok=True)
@@ -188,15 +217,17 @@ def ignore():
         (ROOT / "notes" / ".ignore").write_bytes(nested)
         check()
 
-    return one_input, [b"*.log\n!important.log\nbuild/\n\x00*.jpg\n",
-                       b"\\!bang.md\n\\#hash.md\n[[]x].md\n\x00deep/",
-                       b"**/d.jpg\n!\n[z-a]\nx\\ y.txt\x00/c.txt\n!c.txt\n"]
+    return one_input, [
+        b"*.log\n!important.log\nbuild/\n\x00*.jpg\n",
+        b"\\!bang.md\n\\#hash.md\n[[]x].md\n\x00deep/",
+        b"**/d.jpg\n!\n[z-a]\nx\\ y.txt\x00/c.txt\n!c.txt\n",
+    ]
 
 
 def exclude():
     """Input: --exclude globs, one a line."""
     from recall_cli.errors import RecallError
-    from recall_cli.scan import ScanOptions
+    from recall_cli.index.scan import ScanOptions
 
     check = _scanner()
 

@@ -32,7 +32,8 @@ class _DropPath(nn.Module):  # eval-mode identity; the reference only uses it wh
 
 def _trunc_normal_(tensor, mean=0.0, std=1.0, a=-2.0, b=2.0):
     return nn.init.trunc_normal_(  # looked up at call time (skip_init patches it)
-       tensor, mean=mean, std=std, a=a, b=b)
+        tensor, mean=mean, std=std, a=a, b=b
+    )
 
 
 @lru_cache(maxsize=1)
@@ -44,8 +45,7 @@ def reference():
 
         pytest.skip("imagebind-unofficial (reference code) is not installed")
     root = Path(list(spec.submodule_search_locations)[0])
-    saved = {name: sys.modules.get(name) for name in
-             ("timm", "timm.layers", "imagebind", "imagebind.models")}
+    saved = {name: sys.modules.get(name) for name in ("timm", "timm.layers", "imagebind", "imagebind.models")}
     timm = types.ModuleType("timm")
     layers = types.ModuleType("timm.layers")
     layers.DropPath, layers.trunc_normal_ = _DropPath, _trunc_normal_
@@ -74,13 +74,27 @@ def reference():
     return ns
 
 
-SMALL = dict(  # reference ImageBindModel arguments matching recall's TEST_CONFIG (tiny extras)
-    out_embed_dim=64, vision_embed_dim=64, vision_num_blocks=2, vision_num_heads=4,
-    audio_embed_dim=64, audio_num_blocks=2, audio_num_heads=4, text_embed_dim=64,
-    text_num_blocks=2, text_num_heads=4, depth_embed_dim=16, depth_num_blocks=1, depth_num_heads=2,
-    thermal_embed_dim=16, thermal_num_blocks=1, thermal_num_heads=2, imu_embed_dim=16,
-    imu_num_blocks=1, imu_num_heads=2,
-)
+SMALL = {  # reference ImageBindModel arguments matching recall's TEST_CONFIG (tiny extras)
+    "out_embed_dim": 64,
+    "vision_embed_dim": 64,
+    "vision_num_blocks": 2,
+    "vision_num_heads": 4,
+    "audio_embed_dim": 64,
+    "audio_num_blocks": 2,
+    "audio_num_heads": 4,
+    "text_embed_dim": 64,
+    "text_num_blocks": 2,
+    "text_num_heads": 4,
+    "depth_embed_dim": 16,
+    "depth_num_blocks": 1,
+    "depth_num_heads": 2,
+    "thermal_embed_dim": 16,
+    "thermal_num_blocks": 1,
+    "thermal_num_heads": 2,
+    "imu_embed_dim": 16,
+    "imu_num_blocks": 1,
+    "imu_num_heads": 2,
+}
 
 
 def small_reference_model(seed: int = 0, **overrides):
@@ -93,8 +107,14 @@ def small_reference_model(seed: int = 0, **overrides):
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith("bias") or ".norm" in name or "norm_layer" in name or "pre_transformer_layer" in name \
-                    or name.startswith("modality_heads") and p.ndim == 1:
+            if (
+                name.endswith("bias")
+                or ".norm" in name
+                or "norm_layer" in name
+                or "pre_transformer_layer" in name
+                or name.startswith("modality_heads")
+                and p.ndim == 1
+            ):
                 p.add_(torch.randn(p.shape, generator=gen) * 0.1)
             if "bias_k" in name or "bias_v" in name:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
@@ -105,8 +125,18 @@ def small_reference_model(seed: int = 0, **overrides):
 def skip_init():
     """Build torch modules without running their initialisers (weights stay torch.empty: no time,
     and no resident memory until written)."""
-    names = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "xavier_uniform_",
-             "xavier_normal_", "kaiming_uniform_", "kaiming_normal_")
+    names = (
+        "uniform_",
+        "normal_",
+        "trunc_normal_",
+        "constant_",
+        "ones_",
+        "zeros_",
+        "xavier_uniform_",
+        "xavier_normal_",
+        "kaiming_uniform_",
+        "kaiming_normal_",
+    )
     saved = {n: getattr(nn.init, n) for n in names}
     for n in names:
         setattr(nn.init, n, lambda tensor, *a, **k: tensor)
@@ -152,6 +182,7 @@ def kaldi_fbank_numpy(wave: np.ndarray, sr: int = 16000, num_mel_bins: int = 128
     frames = frames * window
     frames = np.pad(frames, ((0, 0), (0, padded - size)))
     power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
+
     # mel banks
     def mel(f):
         return 1127.0 * np.log(1.0 + f / 700.0)

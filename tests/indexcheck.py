@@ -9,11 +9,11 @@ import os
 import sqlite3
 from pathlib import Path
 
-from recall_cli.hashing import file_hash
-from recall_cli.models import load_model
-from recall_cli.store import Store, unit_id
-
 from conftest import Cli
+
+from recall_cli.index.hashing import file_hash
+from recall_cli.models import load_model
+from recall_cli.storage.table import Store, unit_id
 
 DIM = 384  # minilm
 
@@ -38,8 +38,12 @@ class Index:
         """path -> (units, cache_units, cache_bytes) summed over the file's exit records."""
         conn = sqlite3.connect(self.db / "manifest.sqlite")
         try:
-            return {path: (units, cache_units, cache_bytes) for path, units, cache_units, cache_bytes in conn.execute(
-                "SELECT path, sum(units), sum(cache_units), sum(cache_bytes) FROM unit_exits GROUP BY path")}
+            return {
+                path: (units, cache_units, cache_bytes)
+                for path, units, cache_units, cache_bytes in conn.execute(
+                    "SELECT path, sum(units), sum(cache_units), sum(cache_bytes) FROM unit_exits GROUP BY path"
+                )
+            }
         finally:
             conn.close()
 
@@ -96,9 +100,11 @@ class Checker:
     def complete(self, manifest: dict[str, dict], disk: dict[str, os.stat_result]) -> dict[str, dict]:
         """Files the index holds in their current state: a manifest record whose size and mtime
         match the file (what `recall index` trusts without reading the file)."""
-        return {path: record for path, record in manifest.items()
-                if path in disk and record["size"] == disk[path].st_size
-                and record["mtime_ns"] == disk[path].st_mtime_ns}
+        return {
+            path: record
+            for path, record in manifest.items()
+            if path in disk and record["size"] == disk[path].st_size and record["mtime_ns"] == disk[path].st_mtime_ns
+        }
 
     def snapshot(self) -> dict:
         """Before a run: the complete files, their manifest records and their rows' write times."""
@@ -109,8 +115,12 @@ class Checker:
         for row in rows:
             if row["path"] in complete:
                 written.setdefault(row["path"], []).append((row["chunk"], row["indexed_at"]))
-        return {"manifest": manifest, "complete": complete, "disk": disk,
-                "written": {path: sorted(times) for path, times in written.items()}}
+        return {
+            "manifest": manifest,
+            "complete": complete,
+            "disk": disk,
+            "written": {path: sorted(times) for path, times in written.items()},
+        }
 
     def check(self, before: dict | None = None) -> dict:
         """After a run, killed or not.  Returns a few counts for the trial log."""
@@ -165,8 +175,9 @@ class Checker:
             assert len(file_rows) == record["units"] == self.chunks(path), f"{path}: rows vs manifest"
             assert {row["hash"] for row in file_rows} == {record["hash"]}
             cache = [row["cache"] for row in file_rows if row["cache"]]
-            assert exits.get(path) == (record["units"], len(cache), sum(map(len, cache))), \
+            assert exits.get(path) == (record["units"], len(cache), sum(map(len, cache))), (
                 f"{path}: exit records {exits.get(path)} vs rows"
+            )
         for path, file_rows in by_path.items():
             if path in complete:
                 continue
@@ -179,8 +190,7 @@ class Checker:
                 raise AssertionError(f"{path}: rows of a file the index never recorded")
         for path, record in manifest.items():
             if path not in disk:  # deleted or renamed: rows go first, then the record
-                assert record["status"] != "ok" or path not in by_path or \
-                    len(by_path[path]) == record["units"]
+                assert record["status"] != "ok" or path not in by_path or len(by_path[path]) == record["units"]
 
         # what was complete before the run was left alone: not re-encoded, not rewritten
         for path, record in (before or {"complete": {}})["complete"].items():
@@ -195,12 +205,13 @@ class Checker:
         """The counts a run that completes must report, from the state before it."""
         manifest, disk = before["manifest"], before["disk"]
         known_ok = {record["hash"]: path for path, record in manifest.items() if record["status"] == "ok"}
-        counts = dict(unchanged=0, added=0, updated=0, moved=0, skipped=0, failed=0)
+        counts = {"unchanged": 0, "added": 0, "updated": 0, "moved": 0, "skipped": 0, "failed": 0}
         encoded = []
         for path in disk:
             record = manifest.get(path)
-            if path in before["complete"] or (record is not None and record["hash"] == file_hash(path)
-                                              and record["status"] != "error"):
+            if path in before["complete"] or (
+                record is not None and record["hash"] == file_hash(path) and record["status"] != "error"
+            ):
                 counts["unchanged"] += 1
             elif path.endswith(".bin"):
                 counts["skipped"] += 1

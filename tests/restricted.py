@@ -38,8 +38,9 @@ def python(*args, under=None, env=None, timeout=300) -> subprocess.CompletedProc
     command = [sys.executable, *map(str, args)]
     if under is not None:
         command = [sys.executable, "-c", LAUNCH, under[0], str(under[1]), *command[1:]]
-    return subprocess.run(command, capture_output=True, text=True, cwd=REPO,
-                          env=dict(os.environ, **(env or {})), timeout=timeout)
+    return subprocess.run(
+        command, capture_output=True, text=True, cwd=REPO, env=dict(os.environ, **(env or {})), timeout=timeout
+    )
 
 
 def recall(*args, under=None, env=None) -> subprocess.CompletedProcess:

@@ -8,10 +8,10 @@ import json
 import os
 
 import pytest
-
 from badfiles import BAD, GOOD, make_bad_corpus, permissions_bind, remove_tree, run_recall_as_user, write_long_m4a
 from conftest import Cli, write_files
-from recall_cli.indexer import IndexOptions, index_roots
+
+from recall_cli.index.indexer import IndexOptions, index_roots
 
 MODEL = "imagebind-test"  # embeds text, images, video and sound; no weights to download
 
@@ -68,8 +68,7 @@ def test_text_output_escapes_odd_names_and_json_carries_their_bytes(indexed):
     assert any(line.endswith("/caf\\xe9-latin1.txt") for line in lines), table
     assert len(lines) == len(GOOD)  # one line per result: no name broke a line
 
-    results = json.loads(run_recall_as_user("query", "latin-1", "--db", db, "-n", "100", "--json",
-                                            home=home).stdout)
+    results = json.loads(run_recall_as_user("query", "latin-1", "--db", db, "-n", "100", "--json", home=home).stdout)
     latin = next(item for item in results if "path_bytes" in item)
     assert base64.b64decode(latin["path_bytes"]) == os.fsencode(root) + b"/caf\xe9-latin1.txt"
     assert latin["path"].endswith("caf\ufffd-latin1.txt")
@@ -85,8 +84,7 @@ def test_unchanged_failures_wait_for_retry_failed(indexed):
     assert json.loads(again.stdout)["units_encoded"] == 0  # ... but nothing was tried again
 
     os.chmod(root / "locked.txt", 0o644)  # the user fixes the permissions (mtime unchanged)
-    retried = run_recall_as_user("index", root, "--db", db, "--model", MODEL, "--retry-failed", "--json",
-                                 home=home)
+    retried = run_recall_as_user("index", root, "--db", db, "--model", MODEL, "--retry-failed", "--json", home=home)
     summary = json.loads(retried.stdout)
     assert summary["failed"] == len(BAD) - 1, retried.stderr
     assert "locked.txt" not in {os.path.basename(item["path"]) for item in stats(home, db)["failures"]}
@@ -96,8 +94,14 @@ def test_unchanged_failures_wait_for_retry_failed(indexed):
 
 def test_files_that_vanish_or_change_between_scan_and_encode(tmp_path):
     root = tmp_path / "files"
-    write_files(root, {"a-first.txt": "the first note", "b-vanishes.txt": "a note deleted mid-run",
-                       "c-changes.txt": "old words about winter"})
+    write_files(
+        root,
+        {
+            "a-first.txt": "the first note",
+            "b-vanishes.txt": "a note deleted mid-run",
+            "c-changes.txt": "old words about winter",
+        },
+    )
     db = tmp_path / "db"
 
     def meddle(done: int, total: int) -> None:
@@ -119,12 +123,12 @@ def test_files_that_vanish_or_change_between_scan_and_encode(tmp_path):
 def test_long_compressed_audio_is_read_by_seeking_and_matches_a_whole_decode(tmp_path, monkeypatch):
     """Past LONG_AUDIO_SECONDS an m4a is read clip by clip (a 3-hour file decoded whole would be
     gigabytes of samples); the clips equal those cut from a whole decode."""
-    from recall_cli import media
+    from recall_cli.models.imagebind.media import audio
 
     path = tmp_path / "talk.m4a"
-    write_long_m4a(path, media.LONG_AUDIO_SECONDS + 60)
-    by_seeking = media.load_audio(path)
-    monkeypatch.setattr(media, "LONG_AUDIO_SECONDS", 10 ** 9)
-    whole = media.load_audio(path)
+    write_long_m4a(path, audio.LONG_AUDIO_SECONDS + 60)
+    by_seeking = audio.load_audio(path)
+    monkeypatch.setattr(audio, "LONG_AUDIO_SECONDS", 10**9)
+    whole = audio.load_audio(path)
     assert by_seeking.shape == whole.shape and by_seeking.shape[0] > 3
     assert float((by_seeking - whole).abs().max()) < 1e-3 * float(whole.abs().max())

@@ -4,15 +4,17 @@ import json
 import subprocess
 import sys
 
-from recall_cli.completion_scripts import SHELLS, completion_script
-
 from conftest import REPO, run_recall, write_files
+
+from recall_cli.cli.completions import SHELLS, completion_script
 
 
 def test_help_lists_commands_without_loading_heavy_modules():
-    probe = ("import sys; from recall_cli.cli import app\n"
-             "try:\n    app(['--help'])\nexcept SystemExit:\n    pass\n"
-             "print('MODULES', 'torch' in sys.modules, 'lancedb' in sys.modules)")
+    probe = (
+        "import sys; from recall_cli.cli.commands import app\n"
+        "try:\n    app(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print('MODULES', 'torch' in sys.modules, 'lancedb' in sys.modules)"
+    )
     output = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     for command in ("index", "query", "watch", "heal", "stats"):
         assert command in output

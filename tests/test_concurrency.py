@@ -22,18 +22,26 @@ import time
 from pathlib import Path
 
 import pytest
-
-from recall_cli.lock import WriterLock
-
 from conftest import REPO, Cli, write_files
 from indexcheck import Checker, recorded, versions
 from watchutil import wait_until
 
-TOPICS = ["kayak trips on mountain lakes", "baking sourdough bread", "train timetables in Europe",
-          "jazz piano chords", "marathon training plans", "knitting wool sweaters",
-          "astronomy and telescopes", "repairing a bicycle chain"]
-BUSY = re.compile(r"^recall: the index at .+ is being written by recall (index|watch|heal) \(pid \d+\); "
-                  r"wait for it to finish or use another --db$")
+from recall_cli.storage.lock import WriterLock
+
+TOPICS = [
+    "kayak trips on mountain lakes",
+    "baking sourdough bread",
+    "train timetables in Europe",
+    "jazz piano chords",
+    "marathon training plans",
+    "knitting wool sweaters",
+    "astronomy and telescopes",
+    "repairing a bicycle chain",
+]
+BUSY = re.compile(
+    r"^recall: the index at .+ is being written by recall (index|watch|heal) \(pid \d+\); "
+    r"wait for it to finish or use another --db$"
+)
 
 
 def topic_notes(per_topic: int = 4) -> dict[str, str]:
@@ -42,15 +50,18 @@ def topic_notes(per_topic: int = 4) -> dict[str, str]:
     for t, topic in enumerate(TOPICS):
         for k in range(per_topic):
             notes[f"n{t}_{k}.md"] = f"Note about {topic}. " + " ".join(
-                f"Detail {j} on {topic}, remark {t * 10 + k}." for j in range(3 + k))
+                f"Detail {j} on {topic}, remark {t * 10 + k}." for j in range(3 + k)
+            )
     return notes
 
 
 def log_lines(count: int, start: int = 0) -> dict[str, str]:
     """What the writers add meanwhile: far from every topic."""
-    return {f"log{i:04d}.txt": f"Server log line {i}: process {i * 7} wrote {i * 13} bytes to disk "
-                               f"sd{chr(97 + i % 5)}, status nominal, checksum {i * 7919 % 65536:x}."
-            for i in range(start, start + count)}
+    return {
+        f"log{i:04d}.txt": f"Server log line {i}: process {i * 7} wrote {i * 13} bytes to disk "
+        f"sd{chr(97 + i % 5)}, status nominal, checksum {i * 7919 % 65536:x}."
+        for i in range(start, start + count)
+    }
 
 
 def env(**extra) -> dict:
@@ -58,8 +69,14 @@ def env(**extra) -> dict:
 
 
 def recall(*args, **extra) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "recall_cli", *map(str, args)], cwd=REPO, env=env(**extra),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "recall_cli", *map(str, args)],
+        cwd=REPO,
+        env=env(**extra),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finished(process: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
@@ -96,8 +113,21 @@ class Reader:
     def ask(self, topic: str) -> None:
         before = versions(self.db)
         if self.socket:
-            code, stdout, stderr = finished(recall("query", topic, "-n", "3", "--json", *self.options, "--db", self.db,
-                                                   PYTHONPATH=str(self.poison), RECALL_NO_SERVER=""), 60)
+            code, stdout, stderr = finished(
+                recall(
+                    "query",
+                    topic,
+                    "-n",
+                    "3",
+                    "--json",
+                    *self.options,
+                    "--db",
+                    self.db,
+                    PYTHONPATH=str(self.poison),
+                    RECALL_NO_SERVER="",
+                ),
+                60,
+            )
         else:
             result = self.cli("query", topic, "-n", "3", "--json", *self.options)
             code, stdout, stderr = result.exit_code, result.stdout, result.stderr
@@ -135,8 +165,12 @@ def test_queries_during_index_and_second_writers_are_refused(tmp_path, monkeypat
 
     writer = recall("index", logs, "--db", db, "--json", RECALL_FLUSH_UNITS="8")
     lock = db / "write.lock"
-    wait_until(lambda: (lock.exists() and "recall index" in lock.read_text()) or writer.poll() is not None,
-               60, 0.01, "the index to take the lock")
+    wait_until(
+        lambda: (lock.exists() and "recall index" in lock.read_text()) or writer.poll() is not None,
+        60,
+        0.01,
+        "the index to take the lock",
+    )
     second = [recall("index", notes, "--db", db), recall("watch", notes, "--db", db)]  # a second writer
     reader = Reader(db, notes)
     reader.run_while(lambda: writer.poll() is None)
@@ -177,10 +211,12 @@ def test_a_query_writing_back_makes_writers_wait_not_fail(tmp_path):
     assert result.exit_code == 0, result.stderr
     assert time.monotonic() - started >= 0.5  # it waited for the write-back, then ran
     # while a long writer holds it, a query's write-back is skipped, never waits
-    with WriterLock(db, "index"):
-        with pytest.raises(Exception, match="being written by recall index"):
-            with WriterLock(db, "query"):
-                pass
+    with (
+        WriterLock(db, "index"),
+        pytest.raises(Exception, match="being written by recall index"),
+        WriterLock(db, "query"),
+    ):
+        pass
 
 
 @pytest.fixture
@@ -198,9 +234,25 @@ def test_queries_while_watch_writes_through_the_socket_and_directly(tmp_path, po
     assert Cli(db)("index", root).exit_code == 0
     log = tmp_path / "watch.log"
     with open(log, "w") as stderr:
-        watcher = subprocess.Popen([sys.executable, "-m", "recall_cli", "watch", str(root), "--db", str(db),
-                                    "--delay", "0.2", "--reconcile", "0"], cwd=REPO, env=env(RECALL_FLUSH_UNITS="8"),
-                                   stdout=subprocess.DEVNULL, stderr=stderr)
+        watcher = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "recall_cli",
+                "watch",
+                str(root),
+                "--db",
+                str(db),
+                "--delay",
+                "0.2",
+                "--reconcile",
+                "0",
+            ],
+            cwd=REPO,
+            env=env(RECALL_FLUSH_UNITS="8"),
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
     try:
         wait_until(lambda: (db / "query.sock").exists() or watcher.poll() is not None, 120, message="the watcher")
         assert watcher.poll() is None, log.read_text()
@@ -233,9 +285,11 @@ def test_queries_while_watch_writes_through_the_socket_and_directly(tmp_path, po
     finally:
         if watcher.poll() is None:
             watcher.kill()
-    print(f"watch: {len(socket_reader.answers)} answers through the socket "
-          f"({socket_reader.during_writes()} while the table changed), {len(direct_reader.answers)} direct "
-          f"({direct_reader.during_writes()})")
+    print(
+        f"watch: {len(socket_reader.answers)} answers through the socket "
+        f"({socket_reader.during_writes()} while the table changed), {len(direct_reader.answers)} direct "
+        f"({direct_reader.during_writes()})"
+    )
     socket_reader.check()
     direct_reader.check()
     assert socket_reader.during_writes() + direct_reader.during_writes() >= 2
@@ -275,8 +329,10 @@ def test_queries_while_heal_trains_and_rewrites_rows_beside_an_index(tmp_path, m
     with WriterLock(db, "index"):  # heal's writing phase, while an index runs: refused, one line
         busy = Cli(db)("heal", "--refresh-only")
     assert busy.exit_code == 2 and BUSY.match(busy.stderr.strip()), busy.stderr
-    print(f"heal refresh {'deferred' if refresher else 'ran after the index'}: {len(reader.answers)} answers, "
-          f"{reader.during_writes()} while the table changed")
+    print(
+        f"heal refresh {'deferred' if refresher else 'ran after the index'}: {len(reader.answers)} answers, "
+        f"{reader.during_writes()} while the table changed"
+    )
     reader.check()
     assert reader.during_writes() >= 2
     counts = Checker(db, notes, logs).check()

@@ -7,12 +7,24 @@ import os
 import lancedb
 import pytest
 import torch
-
-from recall_cli import exits, quant
-from recall_cli.cache import enforce_budget, eviction_order, exit_groups, parse_size
-from recall_cli.models.base import Batch, LayeredEncoder
-
 from conftest import write_files
+
+from recall_cli.early_exit import quant
+from recall_cli.early_exit.cache import enforce_budget, eviction_order, parse_size
+from recall_cli.early_exit.encode import encode_with_exits, resume
+from recall_cli.early_exit.plan import ExitPlan, exit_plan
+from recall_cli.early_exit.policy import (
+    POLICY_ENV,
+    ExitPolicy,
+    FixedPolicy,
+    FullDepthPolicy,
+    PredictorPolicy,
+    parse_policy,
+)
+from recall_cli.early_exit.predictor import exit_labels, save_predictors, train_predictor
+from recall_cli.models.base import Batch, LayeredEncoder
+from recall_cli.storage import layout
+from recall_cli.storage.manifest import exit_groups
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +34,7 @@ def minilm():
     return load_model("minilm", "cpu")
 
 
-class ListPolicy(exits.ExitPolicy):
+class ListPolicy(ExitPolicy):
     """Exits given in advance, item by item."""
 
     def __init__(self, exits_list):
@@ -77,16 +89,16 @@ class Toy(LayeredEncoder):
 def test_blocks_after_each_items_exit_never_run_multi_sequence_items(monkeypatch):
     toy = Toy()
     calls = count_blocks(toy, monkeypatch)
-    plan = exits.exit_plan(toy, "video")
-    assert plan == exits.ExitPlan(8, 1, (1, 2, 3, 4, 5, 6, 7, 8))
+    plan = exit_plan(toy, "video")
+    assert plan == ExitPlan(8, 1, (1, 2, 3, 4, 5, 6, 7, 8))
     sequences = [3, 1, 2, 2, 1]
     chosen = [3, 1, 8, 3, 5]
-    out = exits.encode_with_exits(toy, "video", sequences, ListPolicy(chosen))
+    out = encode_with_exits(toy, "video", sequences, ListPolicy(chosen))
     assert out.exits == chosen
     for index in range(8):  # block i ran exactly on the sequences of items with exit > i
         ran = sum(n for i, n in calls if i == index)
-        assert ran == sum(seqs for seqs, e in zip(sequences, chosen) if e > index), index
-    assert sum(n for _, n in calls) == sum(s * e for s, e in zip(sequences, chosen))
+        assert ran == sum(seqs for seqs, e in zip(sequences, chosen, strict=True) if e > index), index
+    assert sum(n for _, n in calls) == sum(s * e for s, e in zip(sequences, chosen, strict=True))
     # every sequence of an item that stopped early is kept for the cache; full depth keeps none
     assert [len(s) if s is not None else None for s in out.states] == [3, 1, None, 2, 1]
 
@@ -102,7 +114,7 @@ def test_minilm_early_exit_counts_blocks_and_stores_the_coarse_embedding(minilm,
             batch = minilm.run_blocks(batch, L - 1, L)
             reference[L] = minilm.embed(batch, L)
     calls = count_blocks(minilm, monkeypatch)
-    out = exits.encode_with_exits(minilm, "text", texts, ListPolicy(chosen))
+    out = encode_with_exits(minilm, "text", texts, ListPolicy(chosen))
     for index in range(6):
         assert sum(n for i, n in calls if i == index) == sum(1 for e in chosen if e > index)
     for i, exit_block in enumerate(chosen):
@@ -116,7 +128,7 @@ def test_minilm_early_exit_counts_blocks_and_stores_the_coarse_embedding(minilm,
 
 def test_full_depth_policy_runs_no_superficial_pass(minilm, monkeypatch):
     calls = count_blocks(minilm, monkeypatch)
-    out = exits.encode_with_exits(minilm, "text", ["a", "b c d"], exits.FullDepthPolicy())
+    out = encode_with_exits(minilm, "text", ["a", "b c d"], FullDepthPolicy())
     assert out.exits == [6, 6] and [i for i, _ in calls] == list(range(6))
 
 
@@ -127,36 +139,37 @@ def test_imagebind_test_video_cache_holds_every_clip(monkeypatch):
     calls = count_blocks(model, monkeypatch)
     torch.manual_seed(0)
     videos = [torch.rand(3, 3, 2, 224, 224), torch.rand(2, 3, 2, 224, 224)]  # 3 clips, 2 clips
-    out = exits.encode_with_exits(model, "video", videos, ListPolicy([1, 2]))
+    out = encode_with_exits(model, "video", videos, ListPolicy([1, 2]))
     assert [i for i, _ in calls] == [0, 1] and [n for _, n in calls] == [5, 2]
     blob = quant.encode_blob(out.states[0], 1)
     assert quant.blob_info(blob)["lengths"] == [257, 257, 257] and quant.blob_info(blob)["block"] == 1
-    resumed = exits.resume(model, "video", [quant.decode_blob(blob)], [1])
-    exact = exits.resume(model, "video", [out.states[0]], [1])
+    resumed = resume(model, "video", [quant.decode_blob(blob)], [1])
+    exact = resume(model, "video", [out.states[0]], [1])
     full = model.encode("video", videos[:1])
     assert torch.allclose(exact, full, atol=1e-4)
     assert float((resumed * exact).sum()) > 0.99
 
 
 def test_policies_parse_and_snap(tmp_path):
-    plan = exits.ExitPlan(32, 4, (4, 8, 12, 16, 20, 24, 28, 32))
+    plan = ExitPlan(32, 4, (4, 8, 12, 16, 20, 24, 28, 32))
     sup = torch.zeros(10, 8)
-    assert exits.parse_policy("fixed:5").choose("image", plan, sup) == [8] * 10
-    mixed = exits.parse_policy("mix:4=0.5,32=0.5").choose("image", plan, sup)
+    assert parse_policy("fixed:5").choose("image", plan, sup) == [8] * 10
+    mixed = parse_policy("mix:4=0.5,32=0.5").choose("image", plan, sup)
     assert sorted(set(mixed)) == [4, 32] and mixed.count(4) == 5
-    assert isinstance(exits.parse_policy("auto", tmp_path), exits.FullDepthPolicy)  # nothing healed yet
+    assert isinstance(parse_policy("auto", tmp_path), FullDepthPolicy)  # nothing healed yet
     from recall_cli.errors import RecallError
 
     with pytest.raises(RecallError):
-        exits.parse_policy("predictor", tmp_path)
+        parse_policy("predictor", tmp_path)
     with pytest.raises(RecallError):
-        exits.parse_policy("sometimes")
+        parse_policy("sometimes")
 
 
 def test_index_records_exit_block_and_cache_per_row_and_stats(cli, db_dir, tmp_path):
     root = tmp_path / "files"
-    write_files(root, {"a.md": "alpha notes about kayaks", "b.txt": "beta notes on trains " * 5,
-                       "c.txt": "gamma " * 400})  # c: two chunks
+    write_files(
+        root, {"a.md": "alpha notes about kayaks", "b.txt": "beta notes on trains " * 5, "c.txt": "gamma " * 400}
+    )  # c: two chunks
     result = cli("index", root, "--json", "--exit-policy", "fixed:3")
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
@@ -185,7 +198,7 @@ def test_full_flag_gives_refined_rows_without_cache_and_sticks(cli, db_dir, tmp_
     root = tmp_path / "files"
     write_files(root, {"a.md": "alpha notes", "b.txt": "beta notes"})
     assert cli("index", root, "--full").exit_code == 0
-    monkeypatch.setenv(exits.POLICY_ENV, "fixed:2")  # ignored: the index is full depth
+    monkeypatch.setenv(POLICY_ENV, "fixed:2")  # ignored: the index is full depth
     write_files(root, {"c.md": "gamma notes"})
     assert cli("index", root).exit_code == 0
     rows = lancedb.connect(str(db_dir)).open_table("units").to_arrow().to_pylist()
@@ -209,18 +222,28 @@ def test_cache_budget_releases_deepest_then_oldest(cli, db_dir, tmp_path):
 
 
 def test_budget_enforcement_keeps_shallow_entries(tmp_path, minilm):
-    from recall_cli.manifest import FileRecord, Manifest
-    from recall_cli.store import Store
+    from recall_cli.storage.manifest import FileRecord, Manifest
+    from recall_cli.storage.table import Store
 
     manifest, store = Manifest(tmp_path), Store(tmp_path, dim=384)  # an index starts with its manifest
     rows = []
     for i, exit_block in enumerate([2, 5, 3]):
-        out = exits.encode_with_exits(minilm, "text", [f"text {i}"], exits.FixedPolicy(exit_block))
-        rows.append({"id": f"p{i}\x1f0", "path": f"/p{i}", "chunk": 0, "modality": "text",
-                     "vector": out.vectors[0].tolist(), "exit_block": exit_block, "depth": 6,
-                     "refined": False, "cache": quant.encode_blob(out.states[0], exit_block)})
+        out = encode_with_exits(minilm, "text", [f"text {i}"], FixedPolicy(exit_block))
+        rows.append(
+            {
+                "id": f"p{i}\x1f0",
+                "path": f"/p{i}",
+                "chunk": 0,
+                "modality": "text",
+                "vector": out.vectors[0].tolist(),
+                "exit_block": exit_block,
+                "depth": 6,
+                "refined": False,
+                "cache": quant.encode_blob(out.states[0], exit_block),
+            }
+        )
     store.upsert(rows)
-    for i, row in enumerate(rows):
+    for row in rows:
         manifest.upsert([FileRecord(row["path"], "/", 1, 1, "h", "text", "ok", None, 1)])
         manifest.set_exits(row["path"], *exit_groups([row]))
     size = len(rows[0]["cache"])
@@ -236,11 +259,11 @@ def test_exit_labels_and_predictor_training_with_held_out_accuracy(tmp_path):
     full = torch.nn.functional.normalize(torch.randn(40, 16), dim=-1)
     noise = torch.randn(40, 16)
     per_exit = {p: torch.nn.functional.normalize(full + noise * (6 - p) * 0.15, dim=-1) for p in points[:-1]}
-    labels = exits.exit_labels(per_exit, full, points, rule="cosine", threshold=0.95)
+    labels = exit_labels(per_exit, full, points, rule="cosine", threshold=0.95)
     for i, label in enumerate(labels):  # the shallowest exit meeting the threshold
         cos = {p: float(per_exit[p][i] @ full[i]) for p in points[:-1]}
         assert label == next((p for p in points[:-1] if cos[p] >= 0.95), 6)
-    neighbour_labels = exits.exit_labels(per_exit, full, points, rule="neighbours", threshold=0.6, k=5)
+    neighbour_labels = exit_labels(per_exit, full, points, rule="neighbours", threshold=0.6, k=5)
     assert all(label in points for label in neighbour_labels)
 
     # a learnable rule: the superficial embedding's first coordinates say how hard the item is
@@ -251,14 +274,14 @@ def test_exit_labels_and_predictor_training_with_held_out_accuracy(tmp_path):
     superficial[:, 0] += hardness * 5.0  # well separated: Bayes accuracy ~0.99
     target = [(2, 4, 6)[int(h)] for h in hardness]
     groups = [i // 3 for i in range(n)]  # three chunks per "file"
-    predictor, report = exits.train_predictor(superficial, target, points, groups=groups, epochs=200)
+    predictor, report = train_predictor(superficial, target, points, groups=groups, epochs=200)
     assert report["heldout_items"] == 120 and report["heldout_accuracy"] > 0.85
     assert report["heldout_accuracy"] > report["majority_baseline"] + 0.3
 
-    plan = exits.ExitPlan(6, 1, points)
-    path = tmp_path / exits.PREDICTOR_FILE
-    exits.save_predictors(path, "minilm", {"text": predictor}, {"text": plan})
-    policy = exits.parse_policy("auto", tmp_path, "minilm")
-    assert isinstance(policy, exits.PredictorPolicy)
+    plan = ExitPlan(6, 1, points)
+    path = tmp_path / layout.PREDICTOR_FILE
+    save_predictors(path, "minilm", {"text": predictor}, {"text": plan})
+    policy = parse_policy("auto", tmp_path, "minilm")
+    assert isinstance(policy, PredictorPolicy)
     assert policy.choose("text", plan, superficial[:50]) == predictor.predict(superficial[:50])
     assert policy.is_full("image")  # no predictor for that modality: full depth

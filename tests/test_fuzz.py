@@ -22,24 +22,36 @@ from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
+import fuzz_seeds
 import numpy as np
 import pytest
 import soundfile
+from fuzz_seeds import (
+    AUDIO_SUFFIXES,
+    IMAGE_SUFFIXES,
+    MODALITIES,
+    TEXT_SUFFIXES,
+    TREE,
+    VIDEO_SUFFIXES,
+    assert_media_tensor,
+    assert_one_line,
+    assert_valid_query,
+    mutate,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from recall_cli import media
 from recall_cli.errors import RecallError
+from recall_cli.index.scan import PathFilter, ScanOptions, scan_roots
+from recall_cli.index.sniff import sniff_bytes, sniff_path
 from recall_cli.models.base import DecodeError
-from recall_cli.querylang import is_weighted, parse_date, parse_query
-from recall_cli.scan import PathFilter, ScanOptions, scan_roots
-from recall_cli.sniff import sniff_bytes, sniff_path
-from recall_cli.textextract import decode_text_bytes, extract_text, html_to_text
-
-import fuzz_seeds
-from fuzz_seeds import (AUDIO_SUFFIXES, IMAGE_SUFFIXES, MODALITIES, TEXT_SUFFIXES, TREE, VIDEO_SUFFIXES,
-                        assert_media_tensor, assert_one_line, assert_valid_query, mutate)
+from recall_cli.models.imagebind.media import audio as media_audio
+from recall_cli.models.imagebind.media import common as media_common
+from recall_cli.models.imagebind.media import image as media_image
+from recall_cli.models.imagebind.media import video as media_video
+from recall_cli.models.textextract import decode_text_bytes, extract_text, html_to_text
+from recall_cli.query.language import is_weighted, parse_date, parse_query
 
 SCALE = float(os.environ.get("RECALL_FUZZ_SCALE", "1"))
 HANG_SECONDS = 20  # one example; the slowest real one takes ~50 ms
@@ -48,8 +60,13 @@ HANG_SECONDS = 20  # one example; the slowest real one takes ~50 ms
 def fuzz_settings(examples: int, deadline_s: float = 3.0) -> settings:
     # deadline: a decoder that takes seconds on a 2 kB file is a denial-of-service bug even when
     # it finishes (the 58396x20 JPEG below took 2.4 s and 440 MB); generous for a loaded CI box
-    return settings(max_examples=max(1, int(examples * SCALE)), deadline=timedelta(seconds=deadline_s),
-                    derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
+    return settings(
+        max_examples=max(1, int(examples * SCALE)),
+        deadline=timedelta(seconds=deadline_s),
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
 
 
 class Hung(BaseException):
@@ -61,6 +78,7 @@ class Hung(BaseException):
 def time_limit(seconds: float = HANG_SECONDS):
     """Fail an example that never returns: SIGALRM interrupts Python code, and faulthandler ends
     the whole process with every thread's stack if a C decoder loops without returning to Python."""
+
     def on_alarm(signum, frame):
         raise Hung(f"no result after {seconds} s")
 
@@ -79,17 +97,21 @@ def time_limit(seconds: float = HANG_SECONDS):
 # strategies
 # ------------------------------------------------------------------------------------------------
 
-EDITS = st.lists(st.tuples(st.integers(0, 5), st.integers(0, 2**16), st.integers(0, 2**16)),
-                 min_size=1, max_size=6)
+EDITS = st.lists(st.tuples(st.integers(0, 5), st.integers(0, 2**16), st.integers(0, 2**16)), min_size=1, max_size=6)
 
 
 def file_bytes(suffixes: tuple[str, ...]):
     """(suffix, content): mostly a mutated valid file; also the first 0-64 bytes of one (its
     magic number and header) followed by random bytes."""
-    mutated = st.builds(lambda suffix, edits: (suffix, mutate(fuzz_seeds.seeds()[suffix], edits)),
-                        st.sampled_from(suffixes), EDITS)
-    headed = st.builds(lambda suffix, n, tail: (suffix, fuzz_seeds.seeds()[suffix][:n] + tail),
-                       st.sampled_from(suffixes), st.integers(0, 64), st.binary(max_size=512))
+    mutated = st.builds(
+        lambda suffix, edits: (suffix, mutate(fuzz_seeds.seeds()[suffix], edits)), st.sampled_from(suffixes), EDITS
+    )
+    headed = st.builds(
+        lambda suffix, n, tail: (suffix, fuzz_seeds.seeds()[suffix][:n] + tail),
+        st.sampled_from(suffixes),
+        st.integers(0, 64),
+        st.binary(max_size=512),
+    )
     return st.one_of(mutated, mutated, mutated, headed)
 
 
@@ -122,7 +144,7 @@ def decode_or_refuse(decode, path: Path):
 @fuzz_settings(120)
 @given(case=file_bytes(IMAGE_SUFFIXES))
 def test_image_decoder_gives_224_square_or_one_line_error(workdir, case):
-    image = decode_or_refuse(media.load_image, write(workdir, *case))
+    image = decode_or_refuse(media_image.load_image, write(workdir, *case))
     if image is not None:
         assert_media_tensor(image[None], (3, 224, 224), 1)
 
@@ -130,18 +152,18 @@ def test_image_decoder_gives_224_square_or_one_line_error(workdir, case):
 @fuzz_settings(60)
 @given(case=file_bytes(VIDEO_SUFFIXES))
 def test_video_decoder_gives_clips_or_one_line_error(workdir, case):
-    video = decode_or_refuse(media.load_video, write(workdir, *case))
+    video = decode_or_refuse(media_video.load_video, write(workdir, *case))
     if video is not None:
-        assert_media_tensor(video, (3, 2, 224, 224), media.VIDEO_CLIPS * media.VIDEO_CROPS)
-        assert video.shape[0] % media.VIDEO_CROPS == 0
+        assert_media_tensor(video, (3, 2, 224, 224), media_video.VIDEO_CLIPS * media_video.VIDEO_CROPS)
+        assert video.shape[0] % media_video.VIDEO_CROPS == 0
 
 
 @fuzz_settings(120)
 @given(case=file_bytes(AUDIO_SUFFIXES))
 def test_audio_decoder_gives_spectrograms_or_one_line_error(workdir, case):
-    audio = decode_or_refuse(media.load_audio, write(workdir, *case))
+    audio = decode_or_refuse(media_audio.load_audio, write(workdir, *case))
     if audio is not None:
-        assert_media_tensor(audio, (1, 128, 204), media.AUDIO_MAX_CLIPS)
+        assert_media_tensor(audio, (1, 128, 204), media_audio.AUDIO_MAX_CLIPS)
 
 
 @fuzz_settings(120)
@@ -156,15 +178,24 @@ def test_text_extraction_gives_text_or_one_line_error(workdir, case):
 def test_every_decoder_refuses_other_formats_in_one_line(workdir, decoder):
     """The indexer picks the decoder from the sniffed content, so a file whose sniffing went wrong
     reaches the wrong one: that must be a clean refusal (or a valid decode) too."""
-    decode = {"image": media.load_image, "video": media.load_video, "audio": media.load_audio,
-              "text": extract_text}[decoder]
+    decode = {
+        "image": media_image.load_image,
+        "video": media_video.load_video,
+        "audio": media_audio.load_audio,
+        "text": extract_text,
+    }[decoder]
     for suffix, content in fuzz_seeds.seeds().items():
         decode_or_refuse(decode, write(workdir, suffix, content))
 
 
 @fuzz_settings(300, deadline_s=1.0)
-@given(raw=st.one_of(st.binary(max_size=2048), st.text(max_size=512).map(lambda s: s.encode("utf-8", "surrogatepass")),
-                     st.builds(mutate, st.just(fuzz_seeds.TEXT), EDITS)))
+@given(
+    raw=st.one_of(
+        st.binary(max_size=2048),
+        st.text(max_size=512).map(lambda s: s.encode("utf-8", "surrogatepass")),
+        st.builds(mutate, st.just(fuzz_seeds.TEXT), EDITS),
+    )
+)
 def test_text_bytes_decode_or_one_line_refusal(raw):
     try:
         text = decode_text_bytes(raw)
@@ -175,25 +206,81 @@ def test_text_bytes_decode_or_one_line_refusal(raw):
 
 
 @fuzz_settings(200, deadline_s=1.0)
-@given(markup=st.one_of(st.text(max_size=512),
-                        st.builds(mutate, st.just(fuzz_seeds.HTML), EDITS).map(lambda b: b.decode("utf-8", "replace")),
-                        st.lists(st.sampled_from(["<", ">", "</", "<!--", "-->", "<script>", "</script>", "&",
-                                                  "&#x", "&#", ";", "<![CDATA[", "]]>", "<p", " a='", "'", "\"",
-                                                  "x", "<?", "<!doctype", "\x00", "\ud800"]),
-                                 max_size=40).map("".join)))
+@given(
+    markup=st.one_of(
+        st.text(max_size=512),
+        st.builds(mutate, st.just(fuzz_seeds.HTML), EDITS).map(lambda b: b.decode("utf-8", "replace")),
+        st.lists(
+            st.sampled_from(
+                [
+                    "<",
+                    ">",
+                    "</",
+                    "<!--",
+                    "-->",
+                    "<script>",
+                    "</script>",
+                    "&",
+                    "&#x",
+                    "&#",
+                    ";",
+                    "<![CDATA[",
+                    "]]>",
+                    "<p",
+                    " a='",
+                    "'",
+                    '"',
+                    "x",
+                    "<?",
+                    "<!doctype",
+                    "\x00",
+                    "\ud800",
+                ]
+            ),
+            max_size=40,
+        ).map("".join),
+    )
+)
 def test_html_to_text_never_raises(markup):
     assert isinstance(html_to_text(markup), str)
 
 
-KNOWN_SUFFIXES = sorted({".jpg", ".png", ".gif", ".webp", ".bmp", ".heic", ".mp4", ".mkv", ".ogv", ".wav",
-                         ".mp3", ".m4a", ".ogg", ".txt", ".pdf", ".html", ".zip", ""})
+KNOWN_SUFFIXES = sorted(
+    {
+        ".jpg",
+        ".png",
+        ".gif",
+        ".webp",
+        ".bmp",
+        ".heic",
+        ".mp4",
+        ".mkv",
+        ".ogv",
+        ".wav",
+        ".mp3",
+        ".m4a",
+        ".ogg",
+        ".txt",
+        ".pdf",
+        ".html",
+        ".zip",
+        "",
+    }
+)
 
 
 @fuzz_settings(300, deadline_s=1.0)
-@given(head=st.one_of(st.binary(max_size=64),
-                      st.builds(lambda suffix, edits: mutate(fuzz_seeds.seeds()[suffix], edits)[:64],
-                                st.sampled_from(sorted(fuzz_seeds.seeds())), EDITS)),
-       suffix=st.one_of(st.sampled_from(KNOWN_SUFFIXES), st.text(max_size=6).map(lambda s: "." + s)))
+@given(
+    head=st.one_of(
+        st.binary(max_size=64),
+        st.builds(
+            lambda suffix, edits: mutate(fuzz_seeds.seeds()[suffix], edits)[:64],
+            st.sampled_from(sorted(fuzz_seeds.seeds())),
+            EDITS,
+        ),
+    ),
+    suffix=st.one_of(st.sampled_from(KNOWN_SUFFIXES), st.text(max_size=6).map(lambda s: "." + s)),
+)
 def test_sniffing_names_a_modality_or_none(head, suffix):
     assert sniff_bytes(head, suffix) in MODALITIES
 
@@ -210,8 +297,29 @@ def test_sniffing_a_file_names_a_modality_or_none(workdir, case):
 # ------------------------------------------------------------------------------------------------
 
 # pieces of the weighted-query grammar, so that random sequences are often nearly valid
-QUERY_TOKENS = ['"', "'", '\\"', "\\", "+", "-", ":", " ", "2:", "0.5:", ".5:", "0:", "1.:", "9" * 400 + ":",
-                "dog", "red kayak", "Grandma's", "\t", "\n", "é", "\x00"]
+QUERY_TOKENS = [
+    '"',
+    "'",
+    '\\"',
+    "\\",
+    "+",
+    "-",
+    ":",
+    " ",
+    "2:",
+    "0.5:",
+    ".5:",
+    "0:",
+    "1.:",
+    "9" * 400 + ":",
+    "dog",
+    "red kayak",
+    "Grandma's",
+    "\t",
+    "\n",
+    "é",
+    "\x00",
+]
 
 
 @fuzz_settings(600, deadline_s=1.0)
@@ -226,13 +334,16 @@ def test_any_query_parses_or_gets_one_line_error(text):
 
 
 WEIGHTS = st.one_of(st.none(), st.from_regex(r"\A[0-9]{1,3}(\.[0-9]{1,3})?\Z"))
-TERMS = st.text(st.characters(blacklist_characters="\"'\\", blacklist_categories=("Cs",)), min_size=1,
-                max_size=20).filter(lambda s: s.strip())
+TERMS = st.text(
+    st.characters(blacklist_characters="\"'\\", blacklist_categories=("Cs",)), min_size=1, max_size=20
+).filter(lambda s: s.strip())
 
 
 @fuzz_settings(200, deadline_s=1.0)
-@given(parts=st.lists(st.tuples(st.sampled_from(["+", "-"]), WEIGHTS, TERMS), min_size=1, max_size=5),
-       quote=st.sampled_from(['"', "'"]))
+@given(
+    parts=st.lists(st.tuples(st.sampled_from(["+", "-"]), WEIGHTS, TERMS), min_size=1, max_size=5),
+    quote=st.sampled_from(['"', "'"]),
+)
 def test_weighted_query_reads_back_what_was_written(parts, quote):
     text = " ".join(f"{sign} {weight + ':' if weight else ''}{quote}{term}{quote}" for sign, weight, term in parts)
     expected = [((-1.0 if sign == "-" else 1.0) * float(weight or 1), term.strip()) for sign, weight, term in parts]
@@ -244,8 +355,10 @@ def test_weighted_query_reads_back_what_was_written(parts, quote):
 
 
 @fuzz_settings(300, deadline_s=1.0)
-@given(text=st.one_of(st.text(max_size=40), st.dates().map(str), st.datetimes().map(lambda d: d.isoformat())),
-       end=st.booleans())
+@given(
+    text=st.one_of(st.text(max_size=40), st.dates().map(str), st.datetimes().map(lambda d: d.isoformat())),
+    end=st.booleans(),
+)
 def test_any_date_parses_to_int64_or_one_line_error(text, end):
     try:
         ns = parse_date(text, end)
@@ -270,8 +383,28 @@ def test_every_calendar_date_is_accepted(day):
 BAD_LINES = ("!", "\\", "a\\", "[z-a]", "!\\")  # lines pathspec cannot compile
 PATTERN_LINE = st.one_of(
     st.text(alphabet="*?[]!#/\\-^ .abcdemnotxy\u00fc", max_size=12),
-    st.sampled_from(["*.txt", "!*.txt", "notes/", "/b.md", "**/d.jpg", "build", "!build/e.log", "\\!bang.md",
-                     "\\#hash.md", "[[]x].md", "x\\ y.txt", "*", "**", "/", "#", "", " ", *BAD_LINES]),
+    st.sampled_from(
+        [
+            "*.txt",
+            "!*.txt",
+            "notes/",
+            "/b.md",
+            "**/d.jpg",
+            "build",
+            "!build/e.log",
+            "\\!bang.md",
+            "\\#hash.md",
+            "[[]x].md",
+            "x\\ y.txt",
+            "*",
+            "**",
+            "/",
+            "#",
+            "",
+            " ",
+            *BAD_LINES,
+        ]
+    ),
     st.text(max_size=12),
 )
 IGNORE_FILE = st.one_of(
@@ -315,8 +448,14 @@ def test_any_ignore_file_scans_and_bad_lines_change_nothing(workdir, top, nested
     with tree(workdir, {".gitignore": top, "notes/.ignore": nested}) as root:
         found = scanned(root)
     # the same files with uncompilable lines added: skipped, so the scan sees exactly the same
-    with tree(workdir, {".gitignore": top + b"\n" + "\n".join(bad).encode(), "notes/.ignore": nested,
-                        "notes/.recallignore": "\n".join(bad).encode()}) as root:
+    with tree(
+        workdir,
+        {
+            ".gitignore": top + b"\n" + "\n".join(bad).encode(),
+            "notes/.ignore": nested,
+            "notes/.recallignore": "\n".join(bad).encode(),
+        },
+    ) as root:
         assert scanned(root) == found
 
 
@@ -376,14 +515,14 @@ def test_thin_strip_image_is_decoded_without_a_giant_resize(tmp_path):
     path = tmp_path / "strip.png"
     Image.new("RGB", (58396, 20), (200, 30, 30)).save(path)
     with time_limit(2):
-        assert_media_tensor(media.load_image(path)[None], (3, 224, 224), 1)
+        assert_media_tensor(media_image.load_image(path)[None], (3, 224, 224), 1)
     # the cropped path gives (nearly) what resize-then-crop gives, on an image that allows both
     strip = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 3000, 3), dtype=np.uint8))
     exact = strip.resize((int(224 * 3000 / 40), 224), Image.BICUBIC)
     left = (exact.size[0] - 224) // 2
     expected = np.asarray(exact.crop((left, 0, left + 224, 224)), dtype=np.float32) / 255
-    got = media.preprocess_image(strip).permute(1, 2, 0).numpy()
-    got = got * np.array(media.CLIP_STD, np.float32) + np.array(media.CLIP_MEAN, np.float32)
+    got = media_image.preprocess_image(strip).permute(1, 2, 0).numpy()
+    got = got * np.array(media_common.CLIP_STD, np.float32) + np.array(media_common.CLIP_MEAN, np.float32)
     assert np.abs(got - expected).max() < 2 / 255
 
 
@@ -393,13 +532,13 @@ def test_odd_sample_rate_resamples_quickly(tmp_path):
     5.6 GB.  Odd rates are snapped to the nearest 100 Hz; rates no format uses are refused."""
     soundfile.write(str(tmp_path / "fuzzed.wav"), np.zeros(2399, np.float32), 7998)
     with time_limit(2):
-        assert_media_tensor(media.load_audio(tmp_path / "fuzzed.wav"), (1, 128, 204), 1)
+        assert_media_tensor(media_audio.load_audio(tmp_path / "fuzzed.wav"), (1, 128, 204), 1)
     soundfile.write(str(tmp_path / "odd.wav"), np.zeros(44101, np.float32), 44101)
     with time_limit(2):
-        assert_media_tensor(media.load_audio(tmp_path / "odd.wav"), (1, 128, 204), 1)
+        assert_media_tensor(media_audio.load_audio(tmp_path / "odd.wav"), (1, 128, 204), 1)
     soundfile.write(str(tmp_path / "slow.wav"), np.zeros(900, np.float32), 300)
     with pytest.raises(DecodeError, match=r"unsupported audio sample rate \(300 Hz\)"):
-        media.load_audio(tmp_path / "slow.wav")
+        media_audio.load_audio(tmp_path / "slow.wav")
 
 
 @pytest.mark.parametrize("channels", [1, 2])
@@ -414,7 +553,7 @@ def test_float_wav_with_invalid_samples_is_refused(tmp_path, value, channels):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with pytest.raises(DecodeError, match="invalid samples"):
-            media.load_audio(tmp_path / "bad.wav")
+            media_audio.load_audio(tmp_path / "bad.wav")
 
 
 def test_huge_query_weight_is_one_line_error():
@@ -424,8 +563,10 @@ def test_huge_query_weight_is_one_line_error():
         parse_query("9" * 400 + ':"dog"')
 
 
-@pytest.mark.parametrize("text, end, expected", [("9999-12-31", True, 2**63 - 1), ("0001-01-01", False, -(2**63)),
-                                                 ("0001-01-01", True, None)])
+@pytest.mark.parametrize(
+    "text, end, expected",
+    [("9999-12-31", True, 2**63 - 1), ("0001-01-01", False, -(2**63)), ("0001-01-01", True, None)],
+)
 def test_extreme_calendar_dates_clamp(text, end, expected):
     """Found by the date fuzzer: `--until 9999-12-31` and `--since 0001-01-01` said "cannot read
     date" (the day after 9999-12-31, and year 1 in local time, overflow datetime)."""

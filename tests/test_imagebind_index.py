@@ -6,15 +6,15 @@ import os
 
 import lancedb
 import numpy as np
-from PIL import Image
-
 from conftest import write_files
+from PIL import Image
 from test_media import aac_file, make_video, write_tone
 
 
 def make_collection(root):
-    write_files(root, {"notes/trip.md": "A red kayak on the lake at sunset.",
-                       "notes/todo.txt": "buy milk, call the plumber"})
+    write_files(
+        root, {"notes/trip.md": "A red kayak on the lake at sunset.", "notes/todo.txt": "buy milk, call the plumber"}
+    )
     rng = np.random.default_rng(0)
     (root / "photos").mkdir()
     Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)).save(root / "photos/lake.jpg")
@@ -43,8 +43,12 @@ def test_all_modalities_in_one_index_and_one_ranking(cli, db_dir, tmp_path):
     for row in rows:
         by_modality.setdefault(row["modality"], set()).add(os.path.basename(row["path"]))
         assert row["model"] == "imagebind-test" and row["exit_block"] == row["depth"]
-    assert by_modality == {"text": {"trip.md", "todo.txt"}, "image": {"lake.jpg", "sunset.png"},
-                           "video": {"clip.mp4"}, "audio": {"tone.wav", "tone.flac", "voice.m4a"}}
+    assert by_modality == {
+        "text": {"trip.md", "todo.txt"},
+        "image": {"lake.jpg", "sunset.png"},
+        "video": {"clip.mp4"},
+        "audio": {"tone.wav", "tone.flac", "voice.m4a"},
+    }
 
     ranked = json.loads(cli("query", "a red kayak", "--json", "-n", "20").stdout)
     assert {result["modality"] for result in ranked} == {"text", "image", "video", "audio"}

@@ -17,12 +17,12 @@ import torch.nn.functional as F
 
 from recall_cli.models import load_model
 from recall_cli.models.base import LayeredEncoder
-from recall_cli.models.clip_tokenizer import get_tokenizer
-from recall_cli.models.imagebind import (HUGE_CONFIG, TEST_CONFIG, ImageBindEncoder, Trunk, build_trunk,
-                                         convert_official_state_dict, to_official_state_dict)
+from recall_cli.models.imagebind.checkpoint import convert_official_state_dict, to_official_state_dict
+from recall_cli.models.imagebind.model import HUGE_CONFIG, TEST_CONFIG, ImageBindEncoder, Trunk, build_trunk
+from recall_cli.models.imagebind.tokenizer import get_tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from imagebind_reference import reference_huge_uninitialised, reference_tokenizer, small_reference_model  # noqa: E402
+from imagebind_reference import reference_huge_uninitialised, reference_tokenizer, small_reference_model
 
 ATOL = 2e-5  # max abs difference on unit-norm fp32 embeddings / hidden states (observed ~1e-6)
 
@@ -39,8 +39,9 @@ def pair():
     torch.manual_seed(0)
     ref = small_reference_model(seed=0)
     trunks = convert_official_state_dict(ref.state_dict())
-    ours = ImageBindEncoder(TEST_CONFIG, "imagebind-small", "test", torch.device("cpu"), torch.float32,
-                            source=lambda kind: trunks[kind])
+    ours = ImageBindEncoder(
+        TEST_CONFIG, "imagebind-small", "test", torch.device("cpu"), torch.float32, source=lambda kind: trunks[kind]
+    )
     return ref, ours
 
 
@@ -52,8 +53,11 @@ def _ref_embed(ref, modality_key, x, **kw):
 def _capture_blocks(ref_trunk):
     """Hooks collecting the reference's input to block 0 and output of every block ([B, T, D])."""
     states, handles = [], []
-    handles.append(ref_trunk.blocks[0].register_forward_pre_hook(
-        lambda m, args, kwargs: states.append(args[0].transpose(0, 1).clone()), with_kwargs=True))
+    handles.append(
+        ref_trunk.blocks[0].register_forward_pre_hook(
+            lambda m, args, kwargs: states.append(args[0].transpose(0, 1).clone()), with_kwargs=True
+        )
+    )
     for blk in ref_trunk.blocks:
         handles.append(blk.register_forward_hook(lambda m, a, out: states.append(out.transpose(0, 1).clone())))
     return states, handles
@@ -224,15 +228,19 @@ def test_huge_configuration_against_reference():
     ref.load_state_dict(weights, strict=True, assign=True)
     ref.eval()
     trunks = convert_official_state_dict(weights)
-    ours = ImageBindEncoder(HUGE_CONFIG, "imagebind-huge", "test", torch.device("cpu"), torch.float32,
-                            source=lambda kind: trunks[kind])
+    ours = ImageBindEncoder(
+        HUGE_CONFIG, "imagebind-huge", "test", torch.device("cpu"), torch.float32, source=lambda kind: trunks[kind]
+    )
     gen = torch.Generator().manual_seed(7)
     image = torch.randn(1, 3, 224, 224, generator=gen)
     audio = torch.randn(1, 1, 1, 128, 204, generator=gen)
     ids = get_tokenizer()(["a photo of a red kayak"])
     with torch.inference_mode():
-        for key, x, modality, data in (("vision", image, "image", list(image)), ("audio", audio, "audio", list(audio)),
-                                       ("text", ids, "text", list(ids))):
+        for key, x, modality, data in (
+            ("vision", image, "image", list(image)),
+            ("audio", audio, "audio", list(audio)),
+            ("text", ids, "text", list(ids)),
+        ):
             expected = F.normalize(ref({key: x})[key], dim=-1)
             got = ours.encode(modality, data)
             assert got.shape == (1, 1024)

@@ -6,15 +6,15 @@ import shutil
 
 import lancedb
 import pytest
-
 from conftest import run_recall, write_files
 
 NOTES = {
     "notes/kayak.md": "# Lake trip\nPaddling the red kayak across the lake at sunset, the water was calm.",
     "notes/recipe.txt": "Grandma's apple pie: flour, butter, sliced apples, cinnamon and sugar. Bake for 45 minutes.",
     "notes/train.html": "<html><script>var tracking=1</script><body><p>Train timetable from Berlin to Munich, "
-                        "departures every hour.</p></body></html>",
-    "code/fib.py": "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n    return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)\n",
+    "departures every hour.</p></body></html>",
+    "code/fib.py": 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n'
+    "    return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)\n",
     "README": "Household documents: insurance, tax returns and the car's service history.",
     ".gitignore": "build/\n",
     "build/generated.txt": "generated output that must not be indexed",
@@ -118,7 +118,9 @@ def test_a_copy_reuses_embeddings_and_both_paths_are_indexed(cli, db_dir, tree):
 def test_long_file_is_split_into_chunks_and_found_by_its_end(cli, db_dir, tmp_path):
     root = tmp_path / "long"
     filler = " ".join(f"Paragraph {i} talks about budgets, meetings and quarterly planning." for i in range(150))
-    write_files(root, {"minutes.md": filler + "\n\nFinally the committee adopted a golden retriever puppy as office mascot."})
+    write_files(
+        root, {"minutes.md": filler + "\n\nFinally the committee adopted a golden retriever puppy as office mascot."}
+    )
     summary = index_json(cli, root)
     assert summary["units_encoded"] > 3
     result = cli("query", "office dog mascot", "--jsonl", "-n", "1")
@@ -160,15 +162,18 @@ def test_unknown_model_name_is_rejected(cli, tree):
 
 def test_unchanged_reindex_imports_neither_torch_nor_lancedb(db_dir, tree):
     assert run_recall("index", tree, "--db", db_dir).returncode == 0
-    probe = ("import sys; from recall_cli.cli import app\n"
-             "try:\n    app(['index', sys.argv[1], '--db', sys.argv[2], '-q'])\n"
-             "except SystemExit as done:\n    code = done.code\n"
-             "print(code, 'torch' in sys.modules, 'lancedb' in sys.modules)")
+    probe = (
+        "import sys; from recall_cli.cli.commands import app\n"
+        "try:\n    app(['index', sys.argv[1], '--db', sys.argv[2], '-q'])\n"
+        "except SystemExit as done:\n    code = done.code\n"
+        "print(code, 'torch' in sys.modules, 'lancedb' in sys.modules)"
+    )
     import subprocess
     import sys
 
-    output = subprocess.run([sys.executable, "-c", probe, str(tree), str(db_dir)],
-                            capture_output=True, text=True, check=True).stdout.split()
+    output = subprocess.run(
+        [sys.executable, "-c", probe, str(tree), str(db_dir)], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert output == ["0", "False", "False"]
 
 

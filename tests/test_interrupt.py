@@ -26,8 +26,6 @@ import time
 from pathlib import Path
 
 import pytest
-
-
 from conftest import REPO, write_files
 from indexcheck import Checker, recorded, versions
 
@@ -37,10 +35,62 @@ KILLS = 20  # kill -9 trials at least
 KILLS_PER_CYCLE = (8, 4, 4, 4)  # then a run completes and the tree changes (more cycles if kills missed)
 POLICY = ("--exit-policy", "fixed:3")  # coarse rows with an INT4 cache: the usual early-exit rows
 FLUSH = "16"
-WORDS = ("kayak lake sunset bread flour oven train station ticket garden tomato compost piano chord "
-         "jazz marathon runner shoe bicycle chain gear wool sweater needle telescope planet orbit "
-         "receipt tax invoice python list loop river bridge mountain trail cabin winter snow harbor "
-         "boat anchor market cheese olive lemon violin concert museum painting candle forest owl").split()
+WORDS = [
+    "kayak",
+    "lake",
+    "sunset",
+    "bread",
+    "flour",
+    "oven",
+    "train",
+    "station",
+    "ticket",
+    "garden",
+    "tomato",
+    "compost",
+    "piano",
+    "chord",
+    "jazz",
+    "marathon",
+    "runner",
+    "shoe",
+    "bicycle",
+    "chain",
+    "gear",
+    "wool",
+    "sweater",
+    "needle",
+    "telescope",
+    "planet",
+    "orbit",
+    "receipt",
+    "tax",
+    "invoice",
+    "python",
+    "list",
+    "loop",
+    "river",
+    "bridge",
+    "mountain",
+    "trail",
+    "cabin",
+    "winter",
+    "snow",
+    "harbor",
+    "boat",
+    "anchor",
+    "market",
+    "cheese",
+    "olive",
+    "lemon",
+    "violin",
+    "concert",
+    "museum",
+    "painting",
+    "candle",
+    "forest",
+    "owl",
+]
 
 
 def note(number: int, version: str, long: bool) -> str:
@@ -66,15 +116,18 @@ class Corpus:
         """Edits (long files shrink to one chunk, short ones grow to two or get new words),
         renames across directories, deletions, new notes and a new non-embeddable file."""
         self.version += 1
-        count = lambda n: max(1, round(n * self.scale))  # noqa: E731
+
+        def count(n):
+            return max(1, round(n * self.scale))
+
         notes = sorted(self.root.rglob("*.md"))
         self.rng.shuffle(notes)
         long = [path for path in notes if path.stat().st_size >= 1000]
         short = [path for path in notes if path not in long]
-        grow = short[:count(10)]
-        edit = long[:count(15)] + short[:count(30)]
+        grow = short[: count(10)]
+        edit = long[: count(15)] + short[: count(30)]
         rest = [path for path in notes if path not in edit]
-        rename, delete = rest[:count(15)], rest[count(15):count(15) + count(10)]
+        rename, delete = rest[: count(15)], rest[count(15) : count(15) + count(10)]
         for path in edit:
             number = int(path.stem.lstrip("nm"))
             path.write_text(note(number, f"v{self.version}", path in grow))
@@ -84,8 +137,10 @@ class Corpus:
             os.rename(path, target)
         for path in delete:
             path.unlink()
-        new = {f"notes/n{self.next_number + i:03d}.md": note(self.next_number + i, "v0", i % 6 == 0)
-               for i in range(count(30))}
+        new = {
+            f"notes/n{self.next_number + i:03d}.md": note(self.next_number + i, "v0", i % 6 == 0)
+            for i in range(count(30))
+        }
         self.next_number += count(30)
         new[f"blobs/data{self.version}.bin"] = bytes(range(256))[::-1] * (8 + self.version)
         write_files(self.root, new)
@@ -94,9 +149,13 @@ class Corpus:
 
 def start_index(root: Path, db: Path, *extra: str) -> subprocess.Popen:
     env = dict(os.environ, RECALL_DEVICE="cpu", RECALL_FLUSH_UNITS=FLUSH)
-    return subprocess.Popen([sys.executable, "-m", "recall_cli", "index", str(root), "--db", str(db), "--json",
-                             *POLICY, *extra], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "recall_cli", "index", str(root), "--db", str(db), "--json", *POLICY, *extra],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def kill_at(process: subprocess.Popen, db: Path, trigger: tuple, timeout: float = 120) -> dict:
@@ -106,15 +165,13 @@ def kill_at(process: subprocess.Popen, db: Path, trigger: tuple, timeout: float 
     deadline = started + timeout
     while process.poll() is None and time.monotonic() < deadline:
         now = time.monotonic()
-        if fired is None:
-            if kind == "time" and now - started >= value:
-                fired = now
-            elif kind == "table" and (db / "units.lance").exists():
-                fired = now
-            elif kind == "commit" and versions(db) - v0 >= value:
-                fired = now
-            elif kind == "end" and recorded(db) >= value:
-                fired = now
+        if fired is None and (
+            (kind == "time" and now - started >= value)
+            or (kind == "table" and (db / "units.lance").exists())
+            or (kind == "commit" and versions(db) - v0 >= value)
+            or (kind == "end" and recorded(db) >= value)
+        ):
+            fired = now
         if fired is not None and now - fired >= delay:
             at = time.monotonic() - started
             os.kill(process.pid, signal.SIGKILL)
@@ -130,7 +187,7 @@ def cycle_plan(rng: random.Random, fresh: bool, kills: int, end: bool) -> list[t
     after the run's first LanceDB commit, after its k-th commit, and once the last file is
     recorded (pruning, compaction, cache budget).  A fresh index is first killed as its table is
     created.  Each point has a small random extra delay, so kills land anywhere between writes."""
-    kinds = ["time", "first"] + ["commit", "time", "commit", "commit", "first"][:max(0, kills - 2 - fresh - end)]
+    kinds = ["time", "first"] + ["commit", "time", "commit", "commit", "first"][: max(0, kills - 2 - fresh - end)]
     rng.shuffle(kinds)
     kinds = ["table"] * fresh + kinds + ["end"] * end  # a kill at the end leaves nothing for later ones
     plan = []
@@ -197,8 +254,10 @@ def test_kill_9_at_random_points_never_corrupts_and_the_next_run_does_only_the_m
                 stdout, stderr = process.communicate(timeout=300)
                 what = phase(trigger, outcome)
                 counts = checker.check(before)
-                log.append(f"cycle {cycle} trigger={trigger} -> {what} at {outcome['killed_at']} s "
-                           f"(commits {outcome['commits']}, missing before {missing}) {counts}")
+                log.append(
+                    f"cycle {cycle} trigger={trigger} -> {what} at {outcome['killed_at']} s "
+                    f"(commits {outcome['commits']}, missing before {missing}) {counts}"
+                )
                 if outcome["killed_at"] is not None:
                     kills.append(what)
                     continue
@@ -224,6 +283,7 @@ def test_kill_9_at_random_points_never_corrupts_and_the_next_run_does_only_the_m
 
 # --- crashes at exact points: the narrow windows between two writes ------------------------------
 
+
 def _flush_upsert(args, kwargs) -> bool:
     rows = args[1] if len(args) > 1 else kwargs["rows"]
     return len({row["path"] for row in rows}) > 1  # a batch of encoded files, not a moved file's copy
@@ -247,8 +307,10 @@ def test_a_crash_right_after_any_single_write_leaves_a_consistent_index(tmp_path
     BaseException raised right after it returns: finally blocks roll back open transactions
     just as a kill would), and first the creation of the table itself.  After each: the same
     checks as after a kill -9, then a run that completes does exactly the missing work."""
-    from recall_cli import manifest as manifest_module, store as store_module
-    from recall_cli.indexer import IndexOptions, index_roots
+    from recall_cli.index.indexer import index_roots
+    from recall_cli.index.options import IndexOptions
+    from recall_cli.storage import manifest as manifest_module
+    from recall_cli.storage import table as store_module
 
     rng = random.Random(SEED)
     root, db = tmp_path / "files", tmp_path / "db"
@@ -262,7 +324,7 @@ def test_a_crash_right_after_any_single_write_leaves_a_consistent_index(tmp_path
 
     # killed while LanceDB creates the table: its directory, but no committed version
     def create_then_die(self, name, *args, **kwargs):
-        table = real_create(self, name, *args, **kwargs)
+        real_create(self, name, *args, **kwargs)
         for version in (db / "units.lance" / "_versions").iterdir():
             version.unlink()
         raise Crash("create_table")
@@ -290,10 +352,10 @@ def test_a_crash_right_after_any_single_write_leaves_a_consistent_index(tmp_path
         owner = getattr(modules[module], owner_name)
         original = getattr(owner, method)
 
-        def crashing(*args, _original=original, _which=which, **kwargs):
+        def crashing(*args, _original=original, _which=which, _name=name, **kwargs):
             result = _original(*args, **kwargs)
             if _which(args, kwargs):
-                raise Crash(name)
+                raise Crash(_name)
             return result
 
         with monkeypatch.context() as patch:

@@ -1,4 +1,4 @@
-"""Decoding and preprocessing (recall_cli.media) against hand-computed expectations, an independent
+"""Decoding and preprocessing (recall_cli.models.imagebind.media) against hand-computed expectations, an independent
 numpy transcription of Kaldi's fbank, and the imagebind-test model end to end on real encoded media."""
 
 from __future__ import annotations
@@ -14,15 +14,15 @@ import soundfile as sf
 import torch
 from PIL import Image
 
-from recall_cli import media
 from recall_cli.models import load_model
 from recall_cli.models.base import DecodeError
+from recall_cli.models.imagebind.media import audio, common, image, video
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from imagebind_reference import kaldi_fbank_numpy  # noqa: E402
+from imagebind_reference import kaldi_fbank_numpy
 
-MEAN = np.array(media.CLIP_MEAN)[:, None, None]
-STD = np.array(media.CLIP_STD)[:, None, None]
+MEAN = np.array(common.CLIP_MEAN)[:, None, None]
+STD = np.array(common.CLIP_STD)[:, None, None]
 
 
 def normalised(rgb01: np.ndarray) -> np.ndarray:
@@ -38,7 +38,7 @@ def test_image_crop_is_exact_when_short_side_is_224(tmp_path):
     w = np.arange(448, dtype=np.uint8)[None, :].repeat(224, 0)  # horizontal gradient 0..191,0..
     rgb = np.stack([w, 255 - w, np.full_like(w, 7)], axis=-1)
     Image.fromarray(rgb).save(tmp_path / "g.png")
-    x = media.load_image(tmp_path / "g.png").numpy()
+    x = image.load_image(tmp_path / "g.png").numpy()
     expected = normalised(rgb[:, 112:336].transpose(2, 0, 1) / 255.0)  # centre crop, no resize
     assert x.shape == (3, 224, 224)
     assert np.abs(x - expected).max() < 1e-5
@@ -48,14 +48,14 @@ def test_image_resize_shorter_side_bicubic_and_centre_crop(tmp_path):
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (150, 400, 3), dtype=np.uint8)
     Image.fromarray(rgb).save(tmp_path / "r.png")
-    x = media.load_image(tmp_path / "r.png").numpy()
+    x = image.load_image(tmp_path / "r.png").numpy()
     # torchvision Resize(224, BICUBIC) on PIL: (int(224 * 400 / 150), 224) = (597, 224); crop left 186
     resized = np.asarray(Image.fromarray(rgb).resize((597, 224), Image.BICUBIC), dtype=np.float64)
     expected = normalised(resized[:, 186:410].transpose(2, 0, 1) / 255.0)
     assert np.abs(x - expected).max() < 1e-5
     const = np.full((300, 500, 3), (10, 128, 250), np.uint8)
     Image.fromarray(const).save(tmp_path / "c.jpg", quality=100)
-    y = media.load_image(tmp_path / "c.jpg").numpy()
+    y = image.load_image(tmp_path / "c.jpg").numpy()
     target = normalised(np.array([10, 128, 250])[:, None, None] / 255.0)
     assert np.abs(y - target).max() < 3 / 255 / 0.26  # JPEG rounding only
 
@@ -68,7 +68,7 @@ def test_image_exif_orientation_is_applied(tmp_path):
     exif = img.getexif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise on display
     img.save(tmp_path / "o.jpg", exif=exif, quality=100)
-    x = media.load_image(tmp_path / "o.jpg")
+    x = image.load_image(tmp_path / "o.jpg")
     # displayed: portrait 224x448, red on top, blue below; centre crop rows 112..336
     red = torch.tensor(normalised(np.array([1.0, 0, 0])[:, None, None]), dtype=torch.float32).reshape(3)
     blue = torch.tensor(normalised(np.array([0, 0, 1.0])[:, None, None]), dtype=torch.float32).reshape(3)
@@ -82,23 +82,23 @@ def test_image_heic(tmp_path):
         pytest.skip("no HEIF encoder")
     pillow_heif.register_heif_opener()
     Image.fromarray(np.full((240, 320, 3), 90, np.uint8)).save(tmp_path / "p.heic", quality=95)
-    assert media.load_image(tmp_path / "p.heic").shape == (3, 224, 224)
+    assert image.load_image(tmp_path / "p.heic").shape == (3, 224, 224)
 
 
 def test_image_decode_errors(tmp_path, monkeypatch):
     Image.fromarray(np.zeros((500, 500, 3), np.uint8)).save(tmp_path / "big.png")
-    monkeypatch.setattr(media, "MAX_IMAGE_PIXELS", 1000)
+    monkeypatch.setattr(image, "MAX_IMAGE_PIXELS", 1000)
     with pytest.raises(DecodeError, match="too large"):
-        media.load_image(tmp_path / "big.png")
+        image.load_image(tmp_path / "big.png")
     monkeypatch.undo()
     Image.fromarray(np.zeros((300, 300, 3), np.uint8)).save(tmp_path / "t.jpg")
     data = (tmp_path / "t.jpg").read_bytes()
     (tmp_path / "t.jpg").write_bytes(data[: len(data) // 2])
     with pytest.raises(DecodeError, match="cannot decode image"):
-        media.load_image(tmp_path / "t.jpg")
+        image.load_image(tmp_path / "t.jpg")
     (tmp_path / "x.jpg").write_bytes(b"not an image at all")
     with pytest.raises(DecodeError):
-        media.load_image(tmp_path / "x.jpg")
+        image.load_image(tmp_path / "x.jpg")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -130,26 +130,26 @@ def make_video(path, seconds, fps=10, w=96, h=64, codec="libx264", pattern=None,
 
 def decoded_index(clip_frame: torch.Tensor) -> int:
     """Invert frame_code from a normalised [3, H, W] frame."""
-    rgb = clip_frame * torch.tensor(media.CLIP_STD)[:, None, None] + torch.tensor(media.CLIP_MEAN)[:, None, None]
+    rgb = clip_frame * torch.tensor(common.CLIP_STD)[:, None, None] + torch.tensor(common.CLIP_MEAN)[:, None, None]
     r, b = (rgb[0].mean() * 255).item(), (rgb[2].mean() * 255).item()
     return int(round(r / 16)) + 16 * int(round(b / 12))
 
 
 def test_clip_sampling_matches_constant_clips_per_video():
-    assert media.clip_starts(10.0, 2, 5) == [Fraction(0), Fraction(2), Fraction(4), Fraction(6), Fraction(8)]
-    assert media.clip_starts(1.5, 2, 3) == [0, 0, 0]
+    assert common.clip_starts(10.0, 2, 5) == [Fraction(0), Fraction(2), Fraction(4), Fraction(6), Fraction(8)]
+    assert common.clip_starts(1.5, 2, 3) == [0, 0, 0]
     # decord frame range [ceil(fps*s), ceil(fps*e)), first and last frame; duplicates dropped
-    assert media.video_frame_plan(3.0, 10) == [[0, 19], [3, 22], [5, 24], [8, 27], [10, 29]]
-    assert media.video_frame_plan(1.0, 10) == [[0, 9]]
+    assert video.video_frame_plan(3.0, 10) == [[0, 19], [3, 22], [5, 24], [8, 27], [10, 29]]
+    assert video.video_frame_plan(1.0, 10) == [[0, 9]]
 
 
 @pytest.mark.parametrize("codec", ["libx264", "mpeg4"])
 def test_video_frames_and_clips(tmp_path, codec):
     path = tmp_path / "v.mp4"
     make_video(path, 3.0, codec=codec)
-    x = media.load_video(path)
+    x = video.load_video(path)
     assert x.shape == (15, 3, 2, 224, 224)  # 5 clips x 3 spatial crops
-    plan = media.video_frame_plan(3.0, 10)
+    plan = video.video_frame_plan(3.0, 10)
     for c, frames in enumerate(plan):
         for crop in range(3):
             got = [decoded_index(x[3 * c + crop, :, t]) for t in range(2)]
@@ -160,9 +160,9 @@ def test_video_spatial_crops_and_scaling(tmp_path):
     pattern = np.zeros((112, 224, 3), np.uint8)
     pattern[:, 112:] = 255  # left half black, right half white
     make_video(tmp_path / "w.mp4", 1.0, w=224, h=112, pattern=pattern)
-    x = media.load_video(tmp_path / "w.mp4")  # shorter than a clip: one clip, 3 crops
+    x = video.load_video(tmp_path / "w.mp4")  # shorter than a clip: one clip, 3 crops
     assert x.shape == (3, 3, 2, 224, 224)
-    rgb = x * torch.tensor(media.CLIP_STD)[:, None, None, None] + torch.tensor(media.CLIP_MEAN)[:, None, None, None]
+    rgb = x * torch.tensor(common.CLIP_STD)[:, None, None, None] + torch.tensor(common.CLIP_MEAN)[:, None, None, None]
     # ShortSideScale(224): 112x224 -> 224x448; crops at x = 0, 112, 224
     means = rgb.mean(dim=(1, 2, 3, 4)).tolist()
     assert means[0] == pytest.approx(0.0, abs=0.03)
@@ -173,8 +173,8 @@ def test_video_spatial_crops_and_scaling(tmp_path):
 def test_long_video_seeks_to_the_right_frames(tmp_path):
     path = tmp_path / "long.mp4"
     make_video(path, 60.0, fps=5, w=32, h=32)
-    x = media.load_video(path)
-    plan = media.video_frame_plan(60.0, 5)
+    x = video.load_video(path)
+    plan = video.video_frame_plan(60.0, 5)
     assert x.shape == (15, 3, 2, 224, 224)
     for c, frames in enumerate(plan):
         assert [decoded_index(x[3 * c + 1, :, t]) for t in range(2)] == frames
@@ -184,15 +184,15 @@ def test_video_decode_errors(tmp_path):
     wav = tmp_path / "a.wav"
     sf.write(wav, np.zeros(16000, np.float32), 16000)
     with pytest.raises(DecodeError, match="no video stream"):
-        media.load_video(wav)
+        video.load_video(wav)
     make_video(tmp_path / "v.mp4", 2.0)
     data = (tmp_path / "v.mp4").read_bytes()
     (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 3])
     with pytest.raises(DecodeError):
-        media.load_video(tmp_path / "cut.mp4")
+        video.load_video(tmp_path / "cut.mp4")
     (tmp_path / "junk.mp4").write_bytes(b"\x00" * 1000)
     with pytest.raises(DecodeError):
-        media.load_video(tmp_path / "junk.mp4")
+        video.load_video(tmp_path / "junk.mp4")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -204,35 +204,35 @@ def test_kaldi_fbank_matches_numpy_transcription():
     rng = np.random.default_rng(0)
     t = np.arange(32000) / 16000
     wave = (0.3 * np.sin(2 * np.pi * 440 * t) + 0.05 * rng.standard_normal(32000)).astype(np.float32)
-    ours = media.kaldi_fbank(torch.from_numpy(wave)).numpy()
+    ours = audio.kaldi_fbank(torch.from_numpy(wave)).numpy()
     expected = kaldi_fbank_numpy(wave)
     assert ours.shape == expected.shape == (198, 128)
     assert np.abs(ours - expected).max() < 2e-3  # float32 vs float64 (log-mel units)
     quiet = (1e-4 * rng.standard_normal(5000)).astype(np.float32)
-    assert np.abs(media.kaldi_fbank(torch.from_numpy(quiet)).numpy() - kaldi_fbank_numpy(quiet)).max() < 2e-3
+    assert np.abs(audio.kaldi_fbank(torch.from_numpy(quiet)).numpy() - kaldi_fbank_numpy(quiet)).max() < 2e-3
 
 
 def test_melspec_clip_pads_and_normalises():
     clip = torch.randn(16000, generator=torch.Generator().manual_seed(0)) * 0.1  # 1 s: 98 frames
-    spec = media.melspec_clip(clip)
+    spec = audio.melspec_clip(clip)
     assert spec.shape == (1, 128, 204)
-    pad = (0 - media.AUDIO_MEAN) / media.AUDIO_STD
+    pad = (0 - audio.AUDIO_MEAN) / audio.AUDIO_STD
     assert torch.allclose(spec[0, :, 98:], torch.full((128, 106), pad), atol=1e-6)
-    expected = (kaldi_fbank_numpy((clip - clip.mean()).numpy()).T - media.AUDIO_MEAN) / media.AUDIO_STD
+    expected = (kaldi_fbank_numpy((clip - clip.mean()).numpy()).T - audio.AUDIO_MEAN) / audio.AUDIO_STD
     assert np.abs(spec[0, :, :98].numpy() - expected).max() < 1e-3
 
 
 def test_resample_sine():
     sr = 44100
     t = np.arange(sr) / sr
-    y = media.resample(torch.from_numpy(np.sin(2 * np.pi * 1000 * t).astype(np.float32)), sr, 16000)
+    y = audio.resample(torch.from_numpy(np.sin(2 * np.pi * 1000 * t).astype(np.float32)), sr, 16000)
     assert y.shape[-1] == 16000
     ref = np.sin(2 * np.pi * 1000 * np.arange(16000) / 16000)
     assert np.abs(y.numpy()[200:-200] - ref[200:-200]).max() < 2e-3
 
 
 def test_audio_clip_counts():
-    assert [media.audio_clip_count(d) for d in (0.5, 5, 10, 100, 3600)] == [3, 3, 5, 8, 8]
+    assert [audio.audio_clip_count(d) for d in (0.5, 5, 10, 100, 3600)] == [3, 3, 5, 8, 8]
 
 
 def write_tone(path, seconds, sr=44100, channels=1):
@@ -246,15 +246,15 @@ def test_audio_wav_flac_stereo_and_windows(tmp_path):
     x = write_tone(tmp_path / "a.wav", 7.3)
     write_tone(tmp_path / "a.flac", 7.3)
     write_tone(tmp_path / "s.wav", 7.3, channels=2)
-    a = media.load_audio(tmp_path / "a.wav")
+    a = audio.load_audio(tmp_path / "a.wav")
     assert a.shape == (4, 1, 128, 204)
     # clips cut from a resampling of the whole file == clips from the windowed reads
     x, _ = sf.read(tmp_path / "a.wav", dtype="float32")  # 16-bit PCM as stored
-    whole = media.audio_clips_from_waveform(media.resample(torch.from_numpy(x), 44100, 16000))
+    whole = audio.audio_clips_from_waveform(audio.resample(torch.from_numpy(x), 44100, 16000))
     assert torch.equal(a, whole)
-    flac = media.load_audio(tmp_path / "a.flac")  # libsndfile rounds float->PCM differently for FLAC
+    flac = audio.load_audio(tmp_path / "a.flac")  # libsndfile rounds float->PCM differently for FLAC
     assert torch.nn.functional.cosine_similarity(flac.flatten(1), a.flatten(1)).min() > 0.999
-    assert torch.allclose(media.load_audio(tmp_path / "s.wav"), a, atol=1e-5)
+    assert torch.allclose(audio.load_audio(tmp_path / "s.wav"), a, atol=1e-5)
 
 
 def aac_file(path, x, sr=44100):
@@ -274,28 +274,28 @@ def aac_file(path, x, sr=44100):
 def test_audio_m4a_and_short(tmp_path):
     x = write_tone(tmp_path / "a.wav", 3.0)
     aac_file(tmp_path / "a.m4a", x)
-    m = media.load_audio(tmp_path / "a.m4a")
+    m = audio.load_audio(tmp_path / "a.m4a")
     assert m.shape == (3, 1, 128, 204)
-    w = media.load_audio(tmp_path / "a.wav")
+    w = audio.load_audio(tmp_path / "a.wav")
     cos = torch.nn.functional.cosine_similarity(m.flatten(1), w.flatten(1)).min()
     assert cos > 0.9  # lossy codec, same sound
     write_tone(tmp_path / "short.wav", 1.0)
-    assert media.load_audio(tmp_path / "short.wav").shape == (1, 1, 128, 204)
+    assert audio.load_audio(tmp_path / "short.wav").shape == (1, 1, 128, 204)
 
 
 def test_audio_decode_errors(tmp_path):
     sf.write(tmp_path / "empty.wav", np.zeros(0, np.float32), 16000)
     with pytest.raises(DecodeError, match="zero length"):
-        media.load_audio(tmp_path / "empty.wav")
+        audio.load_audio(tmp_path / "empty.wav")
     sf.write(tmp_path / "tiny.wav", np.zeros(100, np.float32), 16000)
     with pytest.raises(DecodeError, match="too short"):
-        media.load_audio(tmp_path / "tiny.wav")
+        audio.load_audio(tmp_path / "tiny.wav")
     (tmp_path / "junk.mp3").write_bytes(b"\x01\x02" * 500)
     with pytest.raises(DecodeError):
-        media.load_audio(tmp_path / "junk.mp3")
+        audio.load_audio(tmp_path / "junk.mp3")
     Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(tmp_path / "img.png")
     with pytest.raises(DecodeError):
-        media.load_audio(tmp_path / "img.png")
+        audio.load_audio(tmp_path / "img.png")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -316,7 +316,7 @@ def test_imagebind_test_embeds_real_files(tmp_path, monkeypatch):
         assert torch.allclose(emb.norm(dim=-1), torch.ones(2), atol=1e-5)
         assert torch.allclose(emb[0], emb[1], atol=1e-6)
 
-    import recall_cli.textextract as textextract
+    import recall_cli.models.textextract as textextract
 
     words = " ".join(f"word{i}" for i in range(400))
     monkeypatch.setattr(textextract, "extract_text", lambda path: words)

@@ -4,10 +4,14 @@ import pytest
 import torch
 
 from recall_cli.models import load_model
-from recall_cli.models.minilm import WINDOW, default_weights_dir
+from recall_cli.models.minilm.model import WINDOW, default_weights_dir
 
-SENTENCES = ["A red kayak on a calm lake at sunset.", "def fibonacci(n): return n",
-             "Grandma's apple pie needs cinnamon.", "x " * 400]
+SENTENCES = [
+    "A red kayak on a calm lake at sunset.",
+    "def fibonacci(n): return n",
+    "Grandma's apple pie needs cinnamon.",
+    "x " * 400,
+]
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from recall_cli import quant
+from recall_cli.early_exit import quant
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def test_blob_round_trip_with_several_sequences_of_different_lengths():
     assert info["lengths"] == [7, 1, 19] and info["dtype"] == "float32" and info["bytes"] == len(blob)
     decoded = quant.decode_blob(blob)
     assert [tuple(seq.shape) for seq in decoded] == [(7, 40), (1, 40), (19, 40)]
-    for exact, approx in zip(sequences, decoded):
+    for exact, approx in zip(sequences, decoded, strict=True):
         assert quant.relative_error(exact, approx) < 0.12
     # 0.5 byte per value + two fp16 per group, plus a small header
     values = 27 * 64  # 40 channels padded to two groups of 32
@@ -61,19 +61,22 @@ def test_blob_keeps_dtype_and_rejects_foreign_or_truncated_data():
 
 
 def test_real_hidden_state_round_trip_error_and_resumed_embedding(minilm):
-    from recall_cli import exits
+    from recall_cli.early_exit.encode import encode_with_exits, resume
+    from recall_cli.early_exit.policy import FixedPolicy
 
-    texts = ["Return the n-th Fibonacci number computed recursively.",
-             "Paddling the red kayak across the lake at sunset, the water was calm and clear.",
-             "Train timetable from Berlin to Munich."]
-    out = exits.encode_with_exits(minilm, "text", texts, exits.FixedPolicy(3))
+    texts = [
+        "Return the n-th Fibonacci number computed recursively.",
+        "Paddling the red kayak across the lake at sunset, the water was calm and clear.",
+        "Train timetable from Berlin to Munich.",
+    ]
+    out = encode_with_exits(minilm, "text", texts, FixedPolicy(3))
     exact_states = out.states
     blobs = [quant.encode_blob(states, 3) for states in exact_states]
     decoded = [quant.decode_blob(blob) for blob in blobs]
-    for states, approx in zip(exact_states, decoded):
+    for states, approx in zip(exact_states, decoded, strict=True):
         assert quant.relative_error(states[0], approx[0]) < 0.1  # measured ~0.09 at group 32
-    exact = exits.resume(minilm, "text", exact_states, out.exits)
-    approx = exits.resume(minilm, "text", decoded, out.exits)
+    exact = resume(minilm, "text", exact_states, out.exits)
+    approx = resume(minilm, "text", decoded, out.exits)
     full = minilm.encode("text", texts)
     assert torch.allclose(exact, full, atol=1e-5)  # resuming the exact state is full depth
     assert float((approx * exact).sum(-1).min()) > 0.99  # measured >= 0.997

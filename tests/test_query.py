@@ -4,7 +4,6 @@ import json
 import os
 
 import pytest
-
 from conftest import Cli, run_recall, write_files
 
 DOCS = {
@@ -52,10 +51,12 @@ def test_jsonl_paths_and_nul_output(indexed):
 
 def test_batch_mode_answers_each_stdin_line(indexed):
     cli, root = indexed
-    result = cli("query", "-", "--jsonl", "-n", "1", input="kayak on a lake\n\nsourdough starter\n")
+    result = cli("query", "-", "--jsonl", "-n", "1", stdin="kayak on a lake\n\nsourdough starter\n")
     answers = [json.loads(line) for line in result.stdout.splitlines()]
     assert [(a["query"], os.path.basename(a["path"])) for a in answers] == [
-        ("kayak on a lake", "kayak.md"), ("sourdough starter", "bread.md")]
+        ("kayak on a lake", "kayak.md"),
+        ("sourdough starter", "bread.md"),
+    ]
 
 
 def test_type_and_in_filters_and_offset(indexed):
@@ -85,7 +86,7 @@ def test_errors_exit_2_with_one_line(tmp_path):
 
 def test_real_process_reads_stdin_and_sets_exit_codes(indexed):
     cli, root = indexed
-    done = run_recall("query", "-", "--db", cli.db, "-l", "-n", "1", input="apple pie\ntrain\n")
+    done = run_recall("query", "-", "--db", cli.db, "-l", "-n", "1", stdin="apple pie\ntrain\n")
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [str(root / "food/apple-pie.txt"), str(root / "travel/train.md")]
     none = run_recall("query", "x", "--db", cli.db, "--type", "audio")
@@ -95,11 +96,25 @@ def test_real_process_reads_stdin_and_sets_exit_codes(indexed):
 def test_terminal_table_has_score_type_path_and_snippet():
     import io
 
-    from recall_cli.output import write_results
+    from recall_cli.cli.output import write_results
 
     stream = io.StringIO()
-    write_results([[{"query": "q", "rank": 1, "path": "/notes/kayak.md", "score": 0.8123,
-                     "modality": "text", "snippet": "Paddling the\nred kayak"}]], "table", stream)
+    write_results(
+        [
+            [
+                {
+                    "query": "q",
+                    "rank": 1,
+                    "path": "/notes/kayak.md",
+                    "score": 0.8123,
+                    "modality": "text",
+                    "snippet": "Paddling the\nred kayak",
+                }
+            ]
+        ],
+        "table",
+        stream,
+    )
     text = stream.getvalue()
     for expected in ("score", "type", "path", "snippet", "0.812", "text", "/notes/kayak.md", "Paddling the red kayak"):
         assert expected in text

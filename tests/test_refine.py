@@ -10,10 +10,11 @@ import os
 import lancedb
 import numpy as np
 import pytest
-
 from conftest import Cli, write_files
-from recall_cli import querylang, refine
+
+from recall_cli.early_exit import candidates, refine
 from recall_cli.errors import RecallError
+from recall_cli.query import language as querylang
 
 # distinct topics: the full-depth ranking of each query has clear gaps, so "same order as full
 # depth" is a deterministic check despite the INT4 cache (resumed embeddings have cosine ~0.998
@@ -26,10 +27,19 @@ DOCS = {
     "taxes.txt": "Tax return checklist: income statements, receipts, deductions and the filing deadline.",
     "dog.md": "Our dog loves playing fetch on the beach and swimming after the ball in the waves.",
     "guitar.md": "Guitar practice: chord changes, fingerpicking patterns and tuning the low E string.",
-    "python.py": "def fibonacci(n):\n    # recursive Fibonacci numbers\n    return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)\n",
+    "python.py": "def fibonacci(n):\n    # recursive Fibonacci numbers\n"
+    "    return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)\n",
 }
-QUERIES = ["boat on a lake", "apple dessert baking", "railway schedule", "dark sky during the day",
-           "filing taxes", "puppy at the seaside", "playing music chords", "recursive function code"]
+QUERIES = [
+    "boat on a lake",
+    "apple dessert baking",
+    "railway schedule",
+    "dark sky during the day",
+    "filing taxes",
+    "puppy at the seaside",
+    "playing music chords",
+    "recursive function code",
+]
 MIX = "mix:2=0.5,4=0.5"
 
 
@@ -72,7 +82,10 @@ def test_exact_refinement_gives_the_full_depth_ranking_and_writes_back(full_inde
     for query in QUERIES:
         expected = ranked(full_cli, query, "-n", "8")
         got = ranked(cli, query, "-n", "8", "--exact")
-        name = lambda r: os.path.basename(r["path"])  # noqa: E731
+
+        def name(r):
+            return os.path.basename(r["path"])
+
         # every file's refined score is its full-depth score within the INT4 cache's error ...
         full_score = {name(r): r["score"] for r in expected}
         assert all(r["refined"] for r in got) and len(got) == len(expected)
@@ -82,9 +95,10 @@ def test_exact_refinement_gives_the_full_depth_ranking_and_writes_back(full_inde
         # (asserted: the top result always; near-ties among unrelated files may swap)
         assert name(got[0]) == name(expected[0])
         for i in range(len(expected) - 1):
-            if expected[i]["score"] - expected[i + 1]["score"] >= 0.06 and \
-                    all(expected[i]["score"] - e["score"] >= 0.06 for e in expected[i + 1:]):
-                assert {name(r) for r in got[:i + 1]} == {name(r) for r in expected[:i + 1]}
+            if expected[i]["score"] - expected[i + 1]["score"] >= 0.06 and all(
+                expected[i]["score"] - e["score"] >= 0.06 for e in expected[i + 1 :]
+            ):
+                assert {name(r) for r in got[: i + 1]} == {name(r) for r in expected[: i + 1]}
     after = rows(cli.db)
     full_rows = {os.path.basename(p): r for p, r in rows(full_cli.db).items()}
     for path, row in after.items():  # every candidate (the whole small collection) written back
@@ -128,19 +142,19 @@ def test_released_cache_is_reencoded_and_deleted_file_is_skipped(full_index, tmp
 
 
 def test_candidates_come_from_every_exit_group(tmp_path):
-    assert refine.group_share([1000, 10], wanted=5, pool=40) == [40, 5]
-    assert refine.group_share([100, 3, 0], wanted=10, pool=40) == [39, 3, 0]
+    assert candidates.group_share([1000, 10], wanted=5, pool=40) == [40, 5]
+    assert candidates.group_share([100, 3, 0], wanted=10, pool=40) == [39, 3, 0]
     cli, root = early_index(tmp_path, "mix:2=0.75,5=0.25")
-    from recall_cli.manifest import Manifest
     from recall_cli.models import load_model
-    from recall_cli.store import Store
+    from recall_cli.storage.manifest import Manifest
+    from recall_cli.storage.table import Store
 
     store, manifest = Store(cli.db), Manifest(cli.db)
     vector = load_model("minilm").encode_texts(["anything at all"]).numpy()[0]
-    candidates = refine.select_candidates(store, manifest, vector, wanted=1, where=None)
+    selected = candidates.select_candidates(store, manifest, vector, wanted=1, where=None)
     manifest.close()
-    assert {row["exit_block"] for row in candidates} == {2, 5}
-    assert len({row["group"] for row in candidates[:2]}) == 2  # the best of each group first
+    assert {row["exit_block"] for row in selected} == {2, 5}
+    assert len({row["group"] for row in selected[:2]}) == 2  # the best of each group first
 
 
 def test_query_language_parsing():
@@ -149,7 +163,10 @@ def test_query_language_parsing():
     assert querylang.parse_query('"beach" + "dog" - "people"') == [(1.0, "beach"), (1.0, "dog"), (-1.0, "people")]
     assert querylang.parse_query('2:"dog"') == [(2.0, "dog")]
     assert querylang.parse_query("'sea' - 0.5:'boat' + 1.5 : \"a \\\"quoted\\\" word\"") == [
-        (1.0, "sea"), (-0.5, "boat"), (1.5, 'a "quoted" word')]
+        (1.0, "sea"),
+        (-0.5, "boat"),
+        (1.5, 'a "quoted" word'),
+    ]
     assert querylang.parse_query("2:dog") == [(1.0, "2:dog")]  # no quote: plain text
     for bad in ('"beach" "dog"', '"beach" +', '"unterminated', '- "x" 2', '"" + "x"', '0:"x"'):
         with pytest.raises(RecallError) as error:
@@ -181,8 +198,9 @@ def test_weighted_like_dates_min_score_offset_end_to_end(full_index):
     assert cli("query", "x", "--since", "last week").exit_code == 2
     everything = ranked(cli, "railway schedule", "-n", "8")
     cut = everything[2]["score"]
-    assert [r["path"] for r in ranked(cli, "railway schedule", "--min-score", str(cut))] == \
-        [r["path"] for r in everything[:3]]
+    assert [r["path"] for r in ranked(cli, "railway schedule", "--min-score", str(cut))] == [
+        r["path"] for r in everything[:3]
+    ]
     page = ranked(cli, "railway schedule", "-n", "2", "--offset", "3")
     assert [r["path"] for r in page] == [r["path"] for r in everything[3:5]] and page[0]["rank"] == 4
 
@@ -205,13 +223,35 @@ def test_like_an_image_with_imagebind_test(tmp_path):
 def test_table_shows_refined_column():
     import io
 
-    from recall_cli.output import write_results
+    from recall_cli.cli.output import write_results
 
     stream = io.StringIO()
-    write_results([[{"query": "q", "rank": 1, "path": "/a.md", "score": 0.5, "modality": "text",
-                     "snippet": "", "refined": True},
-                    {"query": "q", "rank": 2, "path": "/b.md", "score": 0.4, "modality": "text",
-                     "snippet": "", "refined": False}]], "table", stream)
+    write_results(
+        [
+            [
+                {
+                    "query": "q",
+                    "rank": 1,
+                    "path": "/a.md",
+                    "score": 0.5,
+                    "modality": "text",
+                    "snippet": "",
+                    "refined": True,
+                },
+                {
+                    "query": "q",
+                    "rank": 2,
+                    "path": "/b.md",
+                    "score": 0.4,
+                    "modality": "text",
+                    "snippet": "",
+                    "refined": False,
+                },
+            ]
+        ],
+        "table",
+        stream,
+    )
     text = stream.getvalue()
     assert "refined" in text and "yes" in text and "no" in text
 

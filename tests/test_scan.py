@@ -2,9 +2,9 @@
 
 import os
 
-from recall_cli.scan import ScanOptions, scan_roots
-
 from conftest import write_files
+
+from recall_cli.index.scan import ScanOptions, scan_roots
 
 
 def seen(root, **options) -> set[str]:
@@ -13,25 +13,28 @@ def seen(root, **options) -> set[str]:
 
 
 def make_tree(root):
-    write_files(root, {
-        "keep.md": "kept",
-        "notes/a.txt": "kept",
-        ".gitignore": "build/\n*.tmp\n",
-        "build/out.txt": "ignored by .gitignore dir rule",
-        "scratch.tmp": "ignored by .gitignore glob",
-        "logs/.ignore": "*.log\n!important.log\n",
-        "logs/debug.log": "ignored by nested .ignore",
-        "logs/important.log": "re-included by negation",
-        "drafts/.recallignore": "secret*\n",
-        "drafts/secret-plan.md": "ignored by .recallignore",
-        "drafts/public.md": "kept",
-        ".hidden.md": "hidden file",
-        ".config/settings.md": "hidden dir",
-        ".DS_Store": "junk",
-        "._keep.md": "mac resource fork junk",
-        "node_modules/pkg/readme.md": "junk dir",
-        "@eaDir/thumb.txt": "synology junk",
-    })
+    write_files(
+        root,
+        {
+            "keep.md": "kept",
+            "notes/a.txt": "kept",
+            ".gitignore": "build/\n*.tmp\n",
+            "build/out.txt": "ignored by .gitignore dir rule",
+            "scratch.tmp": "ignored by .gitignore glob",
+            "logs/.ignore": "*.log\n!important.log\n",
+            "logs/debug.log": "ignored by nested .ignore",
+            "logs/important.log": "re-included by negation",
+            "drafts/.recallignore": "secret*\n",
+            "drafts/secret-plan.md": "ignored by .recallignore",
+            "drafts/public.md": "kept",
+            ".hidden.md": "hidden file",
+            ".config/settings.md": "hidden dir",
+            ".DS_Store": "junk",
+            "._keep.md": "mac resource fork junk",
+            "node_modules/pkg/readme.md": "junk dir",
+            "@eaDir/thumb.txt": "synology junk",
+        },
+    )
 
 
 def test_ignore_files_hidden_and_junk_are_skipped(tmp_path):
@@ -50,8 +53,14 @@ def test_hidden_flag_includes_dotfiles_but_not_junk(tmp_path):
 def test_no_ignore_disables_ignore_files_and_junk_list(tmp_path):
     make_tree(tmp_path)
     files = seen(tmp_path, no_ignore=True)
-    assert {"build/out.txt", "scratch.tmp", "logs/debug.log", "drafts/secret-plan.md",
-            "node_modules/pkg/readme.md", "@eaDir/thumb.txt"} <= files
+    assert {
+        "build/out.txt",
+        "scratch.tmp",
+        "logs/debug.log",
+        "drafts/secret-plan.md",
+        "node_modules/pkg/readme.md",
+        "@eaDir/thumb.txt",
+    } <= files
     assert ".hidden.md" not in files  # hidden is a separate switch
 
 

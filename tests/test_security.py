@@ -13,12 +13,12 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from badfiles import image_bytes, write_video
 from conftest import REPO, write_files
-from recall_cli import media
+
+from recall_cli.cli.output import write_results
 from recall_cli.models.base import DecodeError
-from recall_cli.output import write_results
+from recall_cli.models.imagebind.media import audio, video
 
 # Runs recall under a Python audit hook that logs every process start, network use and file opened
 # for writing.  (Native code that bypasses Python is covered by the before/after tree snapshots.)
@@ -83,47 +83,63 @@ def listener():
 
 def hostile_corpus(root: Path, url: str) -> None:
     from pypdf import PdfWriter
-    from pypdf.generic import NameObject, DictionaryObject, TextStringObject
+    from pypdf.generic import DictionaryObject, NameObject, TextStringObject
 
-    write_files(root, {
-        "$(touch PWNED-subst).txt": "command substitution in a file name",
-        "`touch PWNED-backtick`.md": "backticks in a file name",
-        "; rm -rf ~; touch PWNED-semicolon.txt": "a shell command in a file name",
-        "[bold red]markup[/] name.txt": "rich markup in a file name",
-        "script.sh": "#!/bin/sh\ntouch PWNED-script\ncurl " + url + "/script\n",
-        "page.html": f"<html><head><link rel=stylesheet href='{url}/css'><script src='{url}/js'></script>"
-                     f"<script>fetch('{url}/fetch')</script></head><body><img src='{url}/img'>"
-                     f"<iframe src='{url}/frame'></iframe>a page with remote references</body></html>",
-        "drawing.svg": f"<svg xmlns='http://www.w3.org/2000/svg'><image href='{url}/svg'/></svg>",
-        "playlist.mp4": f"#EXTM3U\n#EXTINF:10,\n{url}/segment.ts\n#EXT-X-ENDLIST\n",
-        "concat.mkv": f"ffconcat version 1.0\nfile {url}/concat.mp4\nfile /etc/hostname\n",
-        "escape.txt": "terminal escapes \x1b]0;owned title\x07 \x1b[2J\x1b[31m red \x1b[0m in a note",
-        ".recallignore": "../../**\n/etc/*\n",
-    })
+    write_files(
+        root,
+        {
+            "$(touch PWNED-subst).txt": "command substitution in a file name",
+            "`touch PWNED-backtick`.md": "backticks in a file name",
+            "; rm -rf ~; touch PWNED-semicolon.txt": "a shell command in a file name",
+            "[bold red]markup[/] name.txt": "rich markup in a file name",
+            "script.sh": "#!/bin/sh\ntouch PWNED-script\ncurl " + url + "/script\n",
+            "page.html": f"<html><head><link rel=stylesheet href='{url}/css'><script src='{url}/js'></script>"
+            f"<script>fetch('{url}/fetch')</script></head><body><img src='{url}/img'>"
+            f"<iframe src='{url}/frame'></iframe>a page with remote references</body></html>",
+            "drawing.svg": f"<svg xmlns='http://www.w3.org/2000/svg'><image href='{url}/svg'/></svg>",
+            "playlist.mp4": f"#EXTM3U\n#EXTINF:10,\n{url}/segment.ts\n#EXT-X-ENDLIST\n",
+            "concat.mkv": f"ffconcat version 1.0\nfile {url}/concat.mp4\nfile /etc/hostname\n",
+            "escape.txt": "terminal escapes \x1b]0;owned title\x07 \x1b[2J\x1b[31m red \x1b[0m in a note",
+            ".recallignore": "../../**\n/etc/*\n",
+        },
+    )
     (root / "photo.jpg").write_bytes(image_bytes("JPEG"))
     write_video(root / "clip.mp4")
     writer = PdfWriter()
     writer.add_blank_page(200, 200)
-    writer._root_object[NameObject("/OpenAction")] = DictionaryObject({
-        NameObject("/S"): NameObject("/JavaScript"),
-        NameObject("/JS"): TextStringObject(f"app.launchURL('{url}/pdf-js', true);"),
-        NameObject("/Next"): DictionaryObject({NameObject("/S"): NameObject("/URI"),
-                                               NameObject("/URI"): TextStringObject(f"{url}/pdf-open")})})
+    writer._root_object[NameObject("/OpenAction")] = DictionaryObject(
+        {
+            NameObject("/S"): NameObject("/JavaScript"),
+            NameObject("/JS"): TextStringObject(f"app.launchURL('{url}/pdf-js', true);"),
+            NameObject("/Next"): DictionaryObject(
+                {NameObject("/S"): NameObject("/URI"), NameObject("/URI"): TextStringObject(f"{url}/pdf-open")}
+            ),
+        }
+    )
     with open(root / "actions.pdf", "wb") as handle:
         writer.write(handle)
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
-    return {str(path.relative_to(folder)): (path.lstat().st_size, path.lstat().st_mtime_ns)
-            for path in folder.rglob("*")}
+    return {
+        str(path.relative_to(folder)): (path.lstat().st_size, path.lstat().st_mtime_ns) for path in folder.rglob("*")
+    }
 
 
 def audited(*args, workdir: Path, home: Path, log: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, AUDIT_LOG=str(log), HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"),
-               XDG_DATA_HOME=str(home / ".local/share"), PYTHONDONTWRITEBYTECODE="1",
-               PYTHONPATH=str(REPO), RECALL_DEVICE="cpu")
-    return subprocess.run([sys.executable, "-c", AUDITED_RECALL, *map(str, args)], cwd=workdir, env=env,
-                          capture_output=True, timeout=300)
+    env = dict(
+        os.environ,
+        AUDIT_LOG=str(log),
+        HOME=str(home),
+        XDG_CACHE_HOME=str(home / ".cache"),
+        XDG_DATA_HOME=str(home / ".local/share"),
+        PYTHONDONTWRITEBYTECODE="1",
+        PYTHONPATH=str(REPO),
+        RECALL_DEVICE="cpu",
+    )
+    return subprocess.run(
+        [sys.executable, "-c", AUDITED_RECALL, *map(str, args)], cwd=workdir, env=env, capture_output=True, timeout=300
+    )
 
 
 def test_hostile_files_run_nothing_reach_nothing_and_write_only_the_index(tmp_path, listener):
@@ -134,8 +150,9 @@ def test_hostile_files_run_nothing_reach_nothing_and_write_only_the_index(tmp_pa
     before = snapshot(root)
     log = tmp_path / "audit.log"
 
-    indexed = audited("index", root, "--db", db, "--model", "imagebind-test", "--json",
-                      workdir=workdir, home=home, log=log)
+    indexed = audited(
+        "index", root, "--db", db, "--model", "imagebind-test", "--json", workdir=workdir, home=home, log=log
+    )
     assert indexed.returncode in (0, 3), indexed.stderr
     assert b"Traceback" not in indexed.stderr
     for query in ("remote references", "rm -rf", "markup"):
@@ -145,7 +162,7 @@ def test_hostile_files_run_nothing_reach_nothing_and_write_only_the_index(tmp_pa
     assert listener.hits == []  # nothing fetched a URL found in a file
     events = log.read_text().splitlines()
     assert not [event for event in events if not event.startswith("write ")], events  # no exec, no network
-    writes = {event[len("write "):] for event in events if event.startswith("write ")}
+    writes = {event[len("write ") :] for event in events if event.startswith("write ")}
     assert str(db / "write.lock") in writes  # the hook does see recall's own writes
     outside = [path for path in writes if not path.startswith(str(db) + os.sep)]
     assert outside == [], outside
@@ -161,17 +178,35 @@ def test_decoders_never_open_urls_or_other_files(tmp_path, listener):
     (tmp_path / "list.m3u8").write_text(f"#EXTM3U\n#EXTINF:10,\n{listener.url}/seg.ts\n#EXT-X-ENDLIST\n")
     (tmp_path / "list.ffconcat").write_text(f"ffconcat version 1.0\nfile {listener.url}/a.mp4\n")
     for name in ("list.m3u8", "list.ffconcat"):
-        for load in (media.load_video, media.load_audio):
+        for load in (video.load_video, audio.load_audio):
             with pytest.raises(DecodeError):
                 load(tmp_path / name)
     assert listener.hits == []
 
 
 def test_terminal_output_shows_hostile_names_and_snippets_inert():
-    results = [{"query": "[red]q", "rank": 1, "score": 0.5, "modality": "text", "chunk": 0, "refined": True,
-                "path": "/notes/[bold]x[/] \x1b[2J.txt", "snippet": "a [/] \x1b]0;title\x07 note"},
-               {"query": "[red]q", "rank": 2, "score": 0.4, "modality": "text", "chunk": 0, "refined": True,
-                "path": "/notes/two\nlines.txt", "snippet": "ok"}]
+    results = [
+        {
+            "query": "[red]q",
+            "rank": 1,
+            "score": 0.5,
+            "modality": "text",
+            "chunk": 0,
+            "refined": True,
+            "path": "/notes/[bold]x[/] \x1b[2J.txt",
+            "snippet": "a [/] \x1b]0;title\x07 note",
+        },
+        {
+            "query": "[red]q",
+            "rank": 2,
+            "score": 0.4,
+            "modality": "text",
+            "chunk": 0,
+            "refined": True,
+            "path": "/notes/two\nlines.txt",
+            "snippet": "ok",
+        },
+    ]
     for fmt in ("table", "tsv"):
         out = io.StringIO()
         write_results([results, results], fmt, out)

@@ -9,10 +9,10 @@ import socket
 import stat
 
 import pytest
-
 from conftest import run_recall, write_files
-from recall_cli.server import socket_path
 from watchutil import ThreadWatcher, converged, wait_until, write_text
+
+from recall_cli.query.server import socket_path
 
 NOTES = {
     "notes/kayak.md": "Paddling the red kayak across the lake at sunset, the water was calm.",
@@ -35,27 +35,33 @@ def served(tmp_path_factory):
         yield root, db, watched
 
 
-def query(db, *args, input=None, env=None):
-    return run_recall("query", *args, "--db", db, input=input, env=env)
+def query(db, *args, stdin=None, env=None):
+    return run_recall("query", *args, "--db", db, stdin=stdin, env=env)
 
 
 def test_warm_results_equal_cold_results(served):
     root, db, _ = served
-    for args in (("-", "--json"), ("-", "--jsonl", "-n", "2", "--offset", "1"),
-                 ("-", "--json", "--type", "text", "--in", root / "notes"), ("-", "-l")):
-        warm = query(db, *args, input=QUERIES)
-        cold = query(db, *args, input=QUERIES, env=COLD)
+    for args in (
+        ("-", "--json"),
+        ("-", "--jsonl", "-n", "2", "--offset", "1"),
+        ("-", "--json", "--type", "text", "--in", root / "notes"),
+        ("-", "-l"),
+    ):
+        warm = query(db, *args, stdin=QUERIES)
+        cold = query(db, *args, stdin=QUERIES, env=COLD)
         assert warm.returncode == cold.returncode == 0, (warm.stderr, cold.stderr)
         assert warm.stdout == cold.stdout and warm.stdout.strip()
     results = json.loads(query(db, "kayak", "--json").stdout)
     assert results[0]["path"].endswith("kayak.md") and results[0]["rank"] == 1
     # the query language and refinement options are forwarded to the watcher
-    for args in (('"boat" + 2:"lake" - "train"', "--json", "--since", "2000-01-01", "--until", "2999-12-31"),
-                 ("-", "--jsonl", "--min-score", "0.1", "--exact", "--budget", "1"),
-                 ("--like", root / "notes/kayak.md", "--json", "--no-refine", "-n", "2")):
+    for args in (
+        ('"boat" + 2:"lake" - "train"', "--json", "--since", "2000-01-01", "--until", "2999-12-31"),
+        ("-", "--jsonl", "--min-score", "0.1", "--exact", "--budget", "1"),
+        ("--like", root / "notes/kayak.md", "--json", "--no-refine", "-n", "2"),
+    ):
         stdin = QUERIES if "-" in args else None
-        warm = query(db, *args, input=stdin)
-        cold = query(db, *args, input=stdin, env=COLD)
+        warm = query(db, *args, stdin=stdin)
+        cold = query(db, *args, stdin=stdin, env=COLD)
         assert warm.returncode == cold.returncode == 0, (warm.stderr, cold.stderr)
         assert warm.stdout == cold.stdout and warm.stdout.strip()
 

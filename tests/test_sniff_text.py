@@ -6,9 +6,9 @@ import wave
 import pytest
 from PIL import Image
 
+from recall_cli.index.sniff import sniff_path
 from recall_cli.models.base import DecodeError
-from recall_cli.sniff import sniff_path
-from recall_cli.textextract import extract_text
+from recall_cli.models.textextract import extract_text
 
 
 def png_bytes() -> bytes:
@@ -27,18 +27,21 @@ def wav_bytes() -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("name,content,expected", [
-    ("photo.png", png_bytes(), "image"),
-    ("not-really.txt", png_bytes(), "image"),  # content beats the extension
-    ("sound.wav", wav_bytes(), "audio"),
-    ("README", b"plain words with no extension\n", "text"),
-    ("script.py", b"print('hi')\n", "text"),
-    ("blob.xyz", bytes(range(256)) * 4, None),
-    ("archive.zip", b"PK\x03\x04" + bytes(60), None),
-    ("clip.mp4", b"\x00\x00\x00\x18ftypisom" + bytes(50), "video"),
-    ("song.m4a", b"\x00\x00\x00\x18ftypM4A " + bytes(50), "audio"),
-    ("empty.jpg", b"", "image"),  # empty media is reported as a bad image later, not skipped
-])
+@pytest.mark.parametrize(
+    "name,content,expected",
+    [
+        ("photo.png", png_bytes(), "image"),
+        ("not-really.txt", png_bytes(), "image"),  # content beats the extension
+        ("sound.wav", wav_bytes(), "audio"),
+        ("README", b"plain words with no extension\n", "text"),
+        ("script.py", b"print('hi')\n", "text"),
+        ("blob.xyz", bytes(range(256)) * 4, None),
+        ("archive.zip", b"PK\x03\x04" + bytes(60), None),
+        ("clip.mp4", b"\x00\x00\x00\x18ftypisom" + bytes(50), "video"),
+        ("song.m4a", b"\x00\x00\x00\x18ftypM4A " + bytes(50), "audio"),
+        ("empty.jpg", b"", "image"),  # empty media is reported as a bad image later, not skipped
+    ],
+)
 def test_sniff(tmp_path, name, content, expected):
     path = tmp_path / name
     path.write_bytes(content)
@@ -47,8 +50,10 @@ def test_sniff(tmp_path, name, content, expected):
 
 def test_html_is_stripped_to_text(tmp_path):
     page = tmp_path / "page.html"
-    page.write_text("<html><head><style>p{color:red}</style><script>var secret=1</script></head>"
-                    "<body><h1>Train times</h1><p>Berlin &amp; Munich</p></body></html>")
+    page.write_text(
+        "<html><head><style>p{color:red}</style><script>var secret=1</script></head>"
+        "<body><h1>Train times</h1><p>Berlin &amp; Munich</p></body></html>"
+    )
     text = extract_text(page)
     assert "Train times" in text and "Berlin & Munich" in text
     assert "secret" not in text and "color" not in text
@@ -61,11 +66,14 @@ def test_utf8_bom_and_utf16_are_read(tmp_path):
     assert extract_text(tmp_path / "wide.txt") == "naïve text"
 
 
-@pytest.mark.parametrize("content,reason", [
-    (b"\x00\x01\x02binary\x00" * 10, "binary"),
-    (bytes(range(128, 256)) * 20, "not UTF-8"),
-    (b"   \n\t  ", "no text"),
-])
+@pytest.mark.parametrize(
+    "content,reason",
+    [
+        (b"\x00\x01\x02binary\x00" * 10, "binary"),
+        (bytes(range(128, 256)) * 20, "not UTF-8"),
+        (b"   \n\t  ", "no text"),
+    ],
+)
 def test_unusable_text_gives_a_one_line_reason(tmp_path, content, reason):
     path = tmp_path / "bad.txt"
     path.write_bytes(content)

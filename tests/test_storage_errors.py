@@ -25,14 +25,65 @@ from pathlib import Path
 
 import lancedb
 import pytest
-
 from conftest import REPO, assert_clear_error
 from restricted import binds, recall
 
-WORDS = ("kayak lake sunset apple pie butter train berlin munich tax insurance garden tomato violin "
-         "concert mountain boots river bridge castle winter coffee beans bicycle repair harbour lighthouse "
-         "museum painting recipe soup candle library novel chess rocket comet island volcano forest owl "
-         "lantern piano theatre market bakery bread cheese orchard meadow glacier canyon desert camel").split()
+WORDS = [
+    "kayak",
+    "lake",
+    "sunset",
+    "apple",
+    "pie",
+    "butter",
+    "train",
+    "berlin",
+    "munich",
+    "tax",
+    "insurance",
+    "garden",
+    "tomato",
+    "violin",
+    "concert",
+    "mountain",
+    "boots",
+    "river",
+    "bridge",
+    "castle",
+    "winter",
+    "coffee",
+    "beans",
+    "bicycle",
+    "repair",
+    "harbour",
+    "lighthouse",
+    "museum",
+    "painting",
+    "recipe",
+    "soup",
+    "candle",
+    "library",
+    "novel",
+    "chess",
+    "rocket",
+    "comet",
+    "island",
+    "volcano",
+    "forest",
+    "owl",
+    "lantern",
+    "piano",
+    "theatre",
+    "market",
+    "bakery",
+    "bread",
+    "cheese",
+    "orchard",
+    "meadow",
+    "glacier",
+    "canyon",
+    "desert",
+    "camel",
+]
 
 
 def note_text(number: int) -> str:
@@ -59,8 +110,7 @@ def index_state(db: Path) -> dict[str, int]:
         assert sorted(numbers) == list(range(len(numbers))), f"partial rows of {path}"
     conn = sqlite3.connect(f"file:{db / 'manifest.sqlite'}?mode=ro", uri=True)
     try:
-        listed = {path: units for path, units in
-                  conn.execute("SELECT path, units FROM files WHERE status = 'ok'")}
+        listed = dict(conn.execute("SELECT path, units FROM files WHERE status = 'ok'"))
     finally:
         conn.close()
     for path, units in listed.items():
@@ -82,8 +132,12 @@ def mount_tmpfs(where: Path, size: str) -> bool:
     where.mkdir(parents=True)
     if os.geteuid() != 0 or not shutil.which("mount"):
         return False
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-                          capture_output=True).returncode == 0
+    return (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True
+        ).returncode
+        == 0
+    )
 
 
 def leave_free(mount: Path, free: int) -> None:
@@ -130,11 +184,20 @@ def test_disk_full_mid_index_is_one_clear_line_and_nothing_half_written(tmp_path
 
         failed = recall("index", files, "--db", db, under=limit)
         if how == "tmpfs":
-            assert_clear_error(failed, f"no space left on device writing the index at {db}",
-                               "free some space", "--db", "what was already indexed is intact")
+            assert_clear_error(
+                failed,
+                f"no space left on device writing the index at {db}",
+                "free some space",
+                "--db",
+                "what was already indexed is intact",
+            )
         else:
-            assert_clear_error(failed, f"file size limit reached writing the index at {db}", "ulimit -f",
-                               "what was already indexed is intact")
+            assert_clear_error(
+                failed,
+                f"file size limit reached writing the index at {db}",
+                "ulimit -f",
+                "what was already indexed is intact",
+            )
 
         # still full: the index opens and answers (a refinement it cannot save is one note)
         found = recall("query", note_text(3), "--db", db, "-l", under=limit)
@@ -159,6 +222,7 @@ def test_disk_full_mid_index_is_one_clear_line_and_nothing_half_written(tmp_path
 
 
 # --- read-only: permission bits, and a read-only file system -----------------------------------
+
 
 class AsUser:
     """Runs recall so that permission bits bind it; `base` is a folder it can write."""
@@ -185,8 +249,10 @@ def as_user(tmp_path):
         env = {"HOME": str(base)}
         works, why_nobody = binds(("nobody", 0), base, env)
         if not works:
-            pytest.skip(f"cannot run recall bound by permissions: dropping capabilities: {why}; "
-                        f"as nobody (python or {REPO} not readable by it?): {why_nobody}")
+            pytest.skip(
+                f"cannot run recall bound by permissions: dropping capabilities: {why}; "
+                f"as nobody (python or {REPO} not readable by it?): {why_nobody}"
+            )
         yield AsUser(base, ("nobody", 0), env)
     finally:
         shutil.rmtree(base, ignore_errors=True)
@@ -218,8 +284,7 @@ def test_read_only_index_answers_queries_and_refuses_changes_clearly(as_user):
 
         write_notes(files, 12, 1)
         refused = as_user("index", files, "--db", db)
-        assert_clear_error(refused, f"no permission to write the index at {db}", "queries still work",
-                           "--db elsewhere")
+        assert_clear_error(refused, f"no permission to write the index at {db}", "queries still work", "--db elsewhere")
         assert snapshot(db) == before  # nothing written: no lock file, no WAL, no refined rows
         assert stat.S_IMODE(db.stat().st_mode) == 0o500  # and it was not made writable again
     finally:
@@ -234,8 +299,9 @@ def test_new_index_where_the_parent_is_not_writable(as_user):
     parent.mkdir(mode=0o555)
     try:
         refused = as_user("index", files, "--db", parent / "recall" / "db")
-        assert_clear_error(refused, f"cannot create the index at {parent / 'recall' / 'db'}",
-                           "permission denied", "--db")
+        assert_clear_error(
+            refused, f"cannot create the index at {parent / 'recall' / 'db'}", "permission denied", "--db"
+        )
         assert list(parent.iterdir()) == []
     finally:
         parent.chmod(0o700)
@@ -251,8 +317,9 @@ def test_index_on_a_read_only_file_system(tmp_path):
         assert recall("index", files, "--db", db).returncode == 0
         assert subprocess.run(["mount", "-o", "remount,ro", str(disk)], capture_output=True).returncode == 0
         write_notes(files, 6, 1)
-        assert_clear_error(recall("index", files, "--db", db),
-                           f"the index at {db} is on a read-only file system", "queries still work")
+        assert_clear_error(
+            recall("index", files, "--db", db), f"the index at {db} is on a read-only file system", "queries still work"
+        )
         assert top_hit(recall("query", note_text(2), "--db", db, "-l")) == "n002.txt"
         assert recall("stats", "--db", db).returncode == 0
     finally:

@@ -10,9 +10,9 @@ import lancedb
 import numpy as np
 import pyarrow as pa
 import pytest
-
 from conftest import assert_clear_error, write_files
-from recall_cli.manifest import MANIFEST_NAME, MIGRATIONS, SCHEMA_VERSION
+
+from recall_cli.storage.manifest import MANIFEST_NAME, MIGRATIONS, SCHEMA_VERSION
 
 NOTES = {
     "kayak.md": "Paddling the red kayak across the lake at sunset, the water was calm.",
@@ -139,14 +139,17 @@ def other_dimension(data: pa.Table) -> pa.Table:
 
 
 def other_model(data: pa.Table) -> pa.Table:
-    return data.set_column(data.schema.get_field_index("model"), "model",
-                           pa.array(["imagebind-huge"] * data.num_rows))
+    return data.set_column(data.schema.get_field_index("model"), "model", pa.array(["imagebind-huge"] * data.num_rows))
 
 
-@pytest.mark.parametrize("change, commands, phrase", [
-    (other_dimension, ("index", "query"), "vectors have 8 dimensions but the index's model makes 384"),
-    (other_model, ("index",), "rows made by model 'imagebind-huge', not 'minilm'"),
-], ids=["dimension", "model"])
+@pytest.mark.parametrize(
+    "change, commands, phrase",
+    [
+        (other_dimension, ("index", "query"), "vectors have 8 dimensions but the index's model makes 384"),
+        (other_model, ("index",), "rows made by model 'imagebind-huge', not 'minilm'"),
+    ],
+    ids=["dimension", "model"],
+)
 def test_vectors_of_another_model_are_never_mixed_in(cli, db_dir, tree, change, commands, phrase):
     index_ok(cli, tree)
     rewrite_table(db_dir, change)
@@ -164,8 +167,11 @@ def test_vectors_of_another_model_are_never_mixed_in(cli, db_dir, tree, change, 
 
 def test_other_model_on_an_index_points_to_rebuild(cli, tree):
     index_ok(cli, tree)
-    assert_clear_error(cli("index", tree, "--model", "imagebind-huge"), "built with model 'minilm'",
-                       "recall index --rebuild --model imagebind-huge")
+    assert_clear_error(
+        cli("index", tree, "--model", "imagebind-huge"),
+        "built with model 'minilm'",
+        "recall index --rebuild --model imagebind-huge",
+    )
 
 
 def test_installed_model_of_another_version_points_to_rebuild(cli, db_dir, tree):
@@ -224,7 +230,7 @@ def test_garbage_manifest_is_reported_as_damaged_then_rebuilt(cli, db_dir, tree)
 def test_rebuild_that_fails_leaves_the_old_index_as_it_was(cli, db_dir, tree, monkeypatch):
     index_ok(cli, tree)
     manifest_bytes = (db_dir / MANIFEST_NAME).read_bytes()
-    import recall_cli.rebuild as rebuild
+    import recall_cli.index.rebuild as rebuild
 
     real = rebuild.index_locked
 
@@ -241,7 +247,7 @@ def test_rebuild_that_fails_leaves_the_old_index_as_it_was(cli, db_dir, tree, mo
 
 def test_rebuild_keeps_the_model_and_waits_for_no_one(cli, db_dir, tree):
     index_ok(cli, tree)
-    from recall_cli.lock import WriterLock
+    from recall_cli.storage.lock import WriterLock
 
     with WriterLock(db_dir, "watch"):
         assert_clear_error(cli("index", tree, "--rebuild"), "being written by recall watch")

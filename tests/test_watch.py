@@ -13,10 +13,18 @@ import sys
 import time
 
 import pytest
-
 from conftest import REPO, run_recall, write_files
-from watchutil import (ThreadWatcher, assert_same_as_fresh, converged, env_for_subprocess, lance_rows,
-                       manifest_state, tree_hashes, wait_until, write_text)
+from watchutil import (
+    ThreadWatcher,
+    assert_same_as_fresh,
+    converged,
+    env_for_subprocess,
+    lance_rows,
+    manifest_state,
+    tree_hashes,
+    wait_until,
+    write_text,
+)
 
 NOTES = {
     "notes/kayak.md": "Paddling the red kayak across the lake at sunset.",
@@ -209,12 +217,19 @@ def test_out_of_inotify_watches_prints_fix_and_polls(root, tmp_path, monkeypatch
 
 
 def _start_watch(root, db, log):
-    handle = open(log, "wb")
-    process = subprocess.Popen([sys.executable, "-m", "recall_cli", "watch", str(root), "--db", str(db),
-                                "--delay", "0.3", "--no-serve"], stdout=subprocess.DEVNULL, stderr=handle,
-                               cwd=REPO, env=env_for_subprocess())
-    wait_until(lambda: b"watching 1 root" in log.read_bytes() or process.poll() is not None, 120,
-               message="the watcher to start")
+    with open(log, "wb") as handle:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen(
+            [sys.executable, "-m", "recall_cli", "watch", str(root), "--db", str(db), "--delay", "0.3", "--no-serve"],
+            stdout=subprocess.DEVNULL,
+            stderr=handle,
+            cwd=REPO,
+            env=env_for_subprocess(),
+        )
+    wait_until(
+        lambda: b"watching 1 root" in log.read_bytes() or process.poll() is not None,
+        120,
+        message="the watcher to start",
+    )
     assert process.poll() is None, log.read_text()
     return process
 
@@ -224,8 +239,7 @@ def test_kill_9_in_a_burst_then_restart_converges_without_duplicates(root, tmp_p
     process = _start_watch(root, db, tmp_path / "watch1.log")
     for step in range(300):
         write_text(root / f"burst/f{step}.txt", f"burst file {step}, a note about item {step * 13}")
-    wait_until(lambda: b"batch (" in (tmp_path / "watch1.log").read_bytes(), 60, 0.01,
-               message="a first batch")
+    wait_until(lambda: b"batch (" in (tmp_path / "watch1.log").read_bytes(), 60, 0.01, message="a first batch")
     for step in range(300, 400):  # more events while it applies
         write_text(root / f"burst/g{step}.txt", f"second wave {step}")
     process.kill()  # kill -9 in the middle

@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from recall_cli import weights
 from recall_cli.errors import RecallError
-from recall_cli.models.imagebind import TEST_CONFIG, ImageBindEncoder, convert_official_state_dict
+from recall_cli.models.imagebind import weights
+from recall_cli.models.imagebind.checkpoint import convert_official_state_dict
+from recall_cli.models.imagebind.model import TEST_CONFIG, ImageBindEncoder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from imagebind_reference import small_reference_model  # noqa: E402
+from imagebind_reference import small_reference_model
 
 
 class _Server:
@@ -155,7 +156,7 @@ def test_convert_and_load_matches_reference(small_checkpoint, tmp_path):
     assert manifest["source_sha256"] == weights.sha256_file(path)
     for kind in ("vision", "text", "audio"):
         assert (out / f"{kind}.safetensors").exists()
-    from recall_cli.models.imagebind import load_imagebind_test
+    from recall_cli.models.imagebind.factory import load_imagebind_test
 
     from_files = load_imagebind_test(device="cpu", weights=out)
     trunks = convert_official_state_dict(model.state_dict())

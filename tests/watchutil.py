@@ -10,11 +10,11 @@ from pathlib import Path
 
 import lancedb
 
-from recall_cli.cli import app
-from recall_cli.hashing import file_hash
+from recall_cli.cli.commands import app
+from recall_cli.index.hashing import file_hash
+from recall_cli.index.scan import scan_roots
 from recall_cli.paths import real_path
-from recall_cli.scan import scan_roots
-from recall_cli.watch import Watcher, WatchOptions
+from recall_cli.watch.watcher import Watcher, WatchOptions
 
 
 def wait_until(condition, timeout: float = 60.0, interval: float = 0.05, message: str = "condition"):
@@ -31,8 +31,10 @@ def manifest_state(db: Path) -> dict[str, tuple]:
     """path -> (hash, status, units) from the manifest."""
     conn = sqlite3.connect(db / "manifest.sqlite")
     try:
-        return {real_path(path): (content_hash, status, units) for path, content_hash, status, units in
-                conn.execute("SELECT path, hash, status, units FROM files")}
+        return {
+            real_path(path): (content_hash, status, units)
+            for path, content_hash, status, units in conn.execute("SELECT path, hash, status, units FROM files")
+        }
     finally:
         conn.close()
 
@@ -67,7 +69,7 @@ def fresh_index(root: Path, db: Path) -> tuple[dict, list]:
     return manifest_state(db), lance_rows(db)
 
 
-def converged(root: Path, db: Path, watcher: "ThreadWatcher | None" = None) -> bool:
+def converged(root: Path, db: Path, watcher: ThreadWatcher | None = None) -> bool:
     if watcher is not None and (watcher.watcher.pending or not watcher.watcher.events.empty()):
         return False
     if not (db / "manifest.sqlite").exists():
@@ -102,7 +104,7 @@ class ThreadWatcher:
     def _run(self) -> None:
         try:
             self.result.append(self.watcher.run())
-        except BaseException as error:  # noqa: BLE001 - reported by the test
+        except BaseException as error:  # reported by the test
             self.result.append(error)
             self.watcher.ready.set()
 
@@ -110,7 +112,7 @@ class ThreadWatcher:
     def log(self) -> str:
         return self.watcher.stream.text()
 
-    def __enter__(self) -> "ThreadWatcher":
+    def __enter__(self) -> ThreadWatcher:
         self.thread.start()
         assert self.watcher.ready.wait(120), "watcher did not start"
         if self.result and isinstance(self.result[0], BaseException):

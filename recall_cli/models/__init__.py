@@ -8,27 +8,27 @@ from __future__ import annotations
 
 import importlib
 
-from ..errors import RecallError
+from recall_cli.errors import RecallError
+from recall_cli.modalities import MODALITIES
 
 # name -> "module:factory".  Each factory takes (device=None, dtype=None, weights=None).
 REGISTRY: dict[str, str] = {
-    "minilm": "recall_cli.models.minilm:load_minilm",
-    "imagebind-huge": "recall_cli.models.imagebind:load_imagebind_huge",
+    "minilm": "recall_cli.models.minilm.model:load_minilm",
+    "imagebind-huge": "recall_cli.models.imagebind.factory:load_imagebind_huge",
 }
 
 # Registered for tests and benchmarks only: hidden from --help, usable by name.
 TEST_REGISTRY: dict[str, str] = {
-    "imagebind-test": "recall_cli.models.imagebind:load_imagebind_test",
+    "imagebind-test": "recall_cli.models.imagebind.factory:load_imagebind_test",
 }
 
 DEFAULT_MODEL = "minilm"
-MODALITIES_ALL = ("text", "image", "video", "audio")
 
 # What each model can embed, known without loading it (the indexer uses this to skip files early).
 MODEL_MODALITIES: dict[str, tuple[str, ...]] = {
     "minilm": ("text",),
-    "imagebind-huge": ("text", "image", "video", "audio"),
-    "imagebind-test": ("text", "image", "video", "audio"),
+    "imagebind-huge": MODALITIES,
+    "imagebind-test": MODALITIES,
 }
 
 

@@ -24,8 +24,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-MODALITIES = ("text", "image", "video", "audio")
-
 
 @contextmanager
 def skip_weight_init():
@@ -35,8 +33,18 @@ def skip_weight_init():
     which imports torch._dynamo (~1 s), a cost every cold `recall query` would pay."""
     import torch.nn.init as init
 
-    names = ("uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_",
-             "xavier_uniform_", "xavier_normal_", "ones_", "zeros_", "constant_")
+    names = (
+        "uniform_",
+        "normal_",
+        "trunc_normal_",
+        "kaiming_uniform_",
+        "kaiming_normal_",
+        "xavier_uniform_",
+        "xavier_normal_",
+        "ones_",
+        "zeros_",
+        "constant_",
+    )
     saved = {name: getattr(init, name) for name in names}
     try:
         for name in names:
@@ -71,10 +79,10 @@ class Batch:
     owner: Any  # torch.Tensor [S] long: index of the item each sequence belongs to
     n_items: int
 
-    def with_hidden(self, hidden) -> "Batch":
+    def with_hidden(self, hidden) -> Batch:
         return replace(self, hidden=hidden)
 
-    def select_items(self, item_indices) -> "Batch":
+    def select_items(self, item_indices) -> Batch:
         """The sub-batch holding only the given items (renumbered 0..k-1), all their sequences."""
         import torch
 

@@ -1,0 +1,373 @@
+"""The `recall` command line: a thin Typer layer over indexer, search and stats.
+
+Heavy modules (lancedb, torch) are imported inside the commands that need them, so `--help`,
+`stats` and an unchanged `index` stay fast.  Errors the user can act on print one line and exit 2;
+results go to stdout, everything else to stderr.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from recall_cli import __version__
+from recall_cli.cli.guard import EXIT_NO_RESULTS, EXIT_OK, EXIT_PARTIAL, run_guarded, setup_logging
+from recall_cli.cli.reports import format_heal, report_index
+from recall_cli.errors import RecallError
+
+app = typer.Typer(
+    name="recall",
+    help="Search your own photos, audio, video and notes with natural language.",
+    add_completion=True,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+
+DbOption = typer.Option(
+    None, "--db", help="Index directory (default: $RECALL_DB, else the per-user data dir).", metavar="DIR"
+)
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"recall {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(
+        False, "--version", callback=version_callback, is_eager=True, help="Show the version and exit."
+    ),
+) -> None:
+    """Search your own photos, audio, video and notes with natural language."""
+
+
+@app.command()
+def index(
+    paths: list[Path] = typer.Argument(..., help="Directories to index (or update)."),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help="Embedding model for a new index: minilm, imagebind-huge."
+    ),
+    db: Optional[Path] = DbOption,
+    hidden: bool = typer.Option(False, "--hidden", help="Include hidden files and directories."),
+    no_ignore: bool = typer.Option(
+        False, "--no-ignore", help="Disregard .gitignore/.ignore/.recallignore and the OS-junk list."
+    ),
+    exclude: list[str] = typer.Option(
+        [], "--exclude", "-x", help="Skip paths matching this gitignore-style glob (repeatable).", metavar="GLOB"
+    ),
+    follow: bool = typer.Option(
+        False, "--follow", "-L", help="Follow symlinks that lead out of the indexed directories (never by default)."
+    ),
+    retry_failed: bool = typer.Option(
+        False, "--retry-failed", help="Try files that failed last time again even if unchanged."
+    ),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or mps."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Model weights file or folder (manual placement)."),
+    full: bool = typer.Option(
+        False,
+        "--full",
+        help="Full depth for this index from now on: every file runs every block (no early exit, no cache).",
+    ),
+    exit_policy: Optional[str] = typer.Option(
+        None,
+        "--exit-policy",
+        help="Early exit: auto (predictor once healed, else full depth), full, predictor, fixed:L, mix:L=p,...",
+        metavar="POLICY",
+    ),
+    cache_budget: Optional[str] = typer.Option(
+        None,
+        "--cache-budget",
+        help="Byte budget of the INT4 activation cache, e.g. 2GiB (kept for this index).",
+        metavar="SIZE",
+    ),
+    rebuild: bool = typer.Option(
+        False,
+        "--rebuild",
+        help="Build the index again from PATH... (damaged, older or another model's index); "
+        "the old one is replaced only once the new one is complete.",
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="More detail."),
+) -> None:
+    """Index files under PATH... or bring the index up to date (unchanged files cost a stat).
+
+    Exit status: 0 all files indexed, 3 some files failed (the rest are indexed), 2 error."""
+    setup_logging(quiet, verbose)
+
+    def action():
+        from recall_cli.cli.progress import index_progress
+        from recall_cli.index.indexer import index_roots
+        from recall_cli.index.options import IndexOptions
+        from recall_cli.index.scan import ScanOptions
+        from recall_cli.storage.layout import resolve_db
+
+        options = IndexOptions(
+            model=model,
+            retry_failed=retry_failed,
+            device=device,
+            weights=str(weights) if weights else None,
+            full=full,
+            exit_policy=exit_policy,
+            cache_budget=cache_budget,
+            scan=ScanOptions(hidden=hidden, no_ignore=no_ignore, excludes=tuple(exclude), follow=follow),
+        )
+        build = index_roots
+        if rebuild:
+            from recall_cli.index.rebuild import rebuild_roots as build
+        with index_progress(enabled=not quiet) as progress:
+            summary = build([str(path) for path in paths], resolve_db(db), options, progress)
+        report_index(summary, json_out, quiet)
+        return EXIT_PARTIAL if summary.failed else EXIT_OK
+
+    raise typer.Exit(run_guarded(action, verbose))
+
+
+@app.command()
+def query(
+    text: Optional[str] = typer.Argument(
+        None,
+        help='What to look for: plain text, or weighted terms like \'"beach" + 2:"dog" - "people"\'; '
+        "'-' reads one query per line from stdin.",
+    ),
+    limit: int = typer.Option(10, "--limit", "-n", min=1, help="Results per query."),
+    offset: int = typer.Option(0, "--offset", min=0, help="Skip this many results first."),
+    modality: Optional[str] = typer.Option(None, "--type", "-t", help="Only image, video, audio or text."),
+    within: Optional[Path] = typer.Option(None, "--in", help="Only files under this directory.", metavar="DIR"),
+    like: Optional[Path] = typer.Option(
+        None,
+        "--like",
+        help="Use this file (photo, sound, text...) as the query, added to TEXT if given.",
+        metavar="FILE",
+    ),
+    since: Optional[str] = typer.Option(
+        None, "--since", help="Only files modified on or after DATE (YYYY-MM-DD or ISO datetime).", metavar="DATE"
+    ),
+    until: Optional[str] = typer.Option(
+        None, "--until", help="Only files modified on or before DATE (YYYY-MM-DD: that whole day).", metavar="DATE"
+    ),
+    min_score: Optional[float] = typer.Option(
+        None, "--min-score", help="Drop results scoring below this cosine similarity.", metavar="SCORE"
+    ),
+    budget: Optional[float] = typer.Option(
+        None, "--budget", min=0.0, help="Seconds to spend refining coarse candidates (default 0.5).", metavar="SECONDS"
+    ),
+    exact: bool = typer.Option(
+        False, "--exact", help="Refine every candidate the ranking could depend on (no time budget)."
+    ),
+    no_refine: bool = typer.Option(False, "--no-refine", help="Rank by stored embeddings only; refine nothing."),
+    json_out: bool = typer.Option(False, "--json", help="One JSON array of results."),
+    jsonl: bool = typer.Option(False, "--jsonl", help="One JSON object per result line."),
+    paths_only: bool = typer.Option(False, "-l", "--files", help="Paths only, one per line."),
+    nul: bool = typer.Option(False, "-0", "--null", help="Paths only, NUL-separated (for xargs -0)."),
+    db: Optional[Path] = DbOption,
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or mps."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="More detail."),
+) -> None:
+    """Search the index.  Exit status: 0 results found, 1 none, 2 error."""
+    setup_logging(False, verbose)
+
+    def action():
+        from recall_cli.cli.output import resolve_format, write_results
+        from recall_cli.query.options import query_options, read_queries
+        from recall_cli.query.server import warm_query
+        from recall_cli.storage.layout import resolve_db
+
+        fmt = resolve_format(json_out, jsonl, paths_only, nul, sys.stdout)
+        options = query_options(
+            limit=limit,
+            offset=offset,
+            modality=modality,
+            within=within and str(within),
+            like=like and str(like),
+            since=since,
+            until=until,
+            min_score=min_score,
+            budget=budget,
+            exact=exact,
+            no_refine=no_refine,
+            device=device,
+        )
+        if text is None and like is None:
+            raise RecallError("say what to look for: a TEXT query, '-' for stdin, or --like FILE")
+        texts = read_queries(text) if text is not None else [""]
+        db_dir = resolve_db(db)
+        # a running server answers with its model already loaded (no torch/lancedb here); a query
+        # that names a device wants the model here
+        per_query = None if device else warm_query(db_dir, texts, options)
+        searcher = None
+        if per_query is None:
+            from recall_cli.query.search import Searcher
+
+            searcher = Searcher(db_dir, device=device)
+            per_query = searcher.search(texts, options)
+        write_results(per_query, fmt)
+        if searcher is not None:  # results first, then make the index more exact
+            searcher.write_back()
+        return EXIT_OK if any(per_query) else EXIT_NO_RESULTS
+
+    raise typer.Exit(run_guarded(action, verbose))
+
+
+@app.command()
+def stats(
+    db: Optional[Path] = DbOption, json_out: bool = typer.Option(False, "--json", help="Machine-readable output.")
+) -> None:
+    """What is indexed, and how."""
+
+    def action():
+        from recall_cli.cli.reports import format_stats
+        from recall_cli.index.stats import collect_stats
+        from recall_cli.storage.layout import resolve_db
+
+        collected = collect_stats(resolve_db(db))
+        if json_out:
+            import json
+
+            typer.echo(json.dumps(collected, indent=2))
+        else:
+            typer.echo(format_stats(collected))
+        return EXIT_OK
+
+    raise typer.Exit(run_guarded(action))
+
+
+@app.command()
+def watch(
+    paths: list[Path] = typer.Argument(..., help="Directories to watch (caught up first with an index pass)."),
+    db: Optional[Path] = DbOption,
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help="Embedding model for a new index: minilm, imagebind-huge."
+    ),
+    delay: float = typer.Option(
+        3.0,
+        "--delay",
+        min=0.0,
+        help="Seconds a file must be quiet (and its size steady) before it is indexed.",
+        metavar="SECONDS",
+    ),
+    delay_pattern: list[str] = typer.Option(
+        [],
+        "--delay-pattern",
+        help="Wait longer for paths matching GLOB, e.g. '*.log=60' (repeatable).",
+        metavar="GLOB=SECONDS",
+    ),
+    reconcile: float = typer.Option(
+        900.0, "--reconcile", min=0.0, help="Seconds between full reconciliation passes (0: never).", metavar="SECONDS"
+    ),
+    poll: bool = typer.Option(False, "--poll", help="Poll for changes instead of using inotify (network drives)."),
+    no_serve: bool = typer.Option(False, "--no-serve", help="Do not answer `recall query` over the index's socket."),
+    hidden: bool = typer.Option(False, "--hidden", help="Include hidden files and directories."),
+    no_ignore: bool = typer.Option(
+        False, "--no-ignore", help="Disregard .gitignore/.ignore/.recallignore and the OS-junk list."
+    ),
+    exclude: list[str] = typer.Option(
+        [], "--exclude", "-x", help="Skip paths matching this gitignore-style glob (repeatable).", metavar="GLOB"
+    ),
+    follow: bool = typer.Option(
+        False, "--follow", "-L", help="Follow symlinks that lead out of the indexed directories (never by default)."
+    ),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or mps."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Model weights file or folder (manual placement)."),
+    json_log: bool = typer.Option(False, "--json-log", help="Log one JSON object per line on stderr."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="More detail."),
+) -> None:
+    """Keep the index live while files change, and answer queries warm.
+
+    Catches up with an index pass, then follows file events: each file is indexed once it has been
+    quiet for --delay seconds; moves keep their embeddings; a full pass every --reconcile seconds
+    catches anything missed.  Ctrl-C / SIGTERM finish the current batch and exit 0."""
+    setup_logging(quiet, verbose)
+
+    def action():
+        from recall_cli.index.options import IndexOptions
+        from recall_cli.index.scan import ScanOptions
+        from recall_cli.storage.layout import resolve_db
+        from recall_cli.watch.debounce import parse_delay_patterns
+        from recall_cli.watch.watcher import WatchOptions, watch_roots
+
+        options = WatchOptions(
+            index=IndexOptions(
+                model=model,
+                device=device,
+                weights=str(weights) if weights else None,
+                scan=ScanOptions(hidden=hidden, no_ignore=no_ignore, excludes=tuple(exclude), follow=follow),
+            ),
+            delay=delay,
+            delay_patterns=parse_delay_patterns(delay_pattern),
+            reconcile=reconcile,
+            poll=poll,
+            serve=not no_serve,
+            json_log=json_log,
+            quiet=quiet,
+            verbose=verbose,
+        )
+        return watch_roots([str(path) for path in paths], resolve_db(db), options)
+
+    raise typer.Exit(run_guarded(action, verbose))
+
+
+@app.command()
+def heal(
+    db: Optional[Path] = DbOption,
+    budget: float = typer.Option(
+        10.0, "--budget", min=0.2, help="Minutes to spend (training, predictor).", metavar="MINUTES"
+    ),
+    exits: Optional[str] = typer.Option(
+        None, "--exits", help="Exit blocks to heal, e.g. 2,3,4 (default: the model's exit points).", metavar="LIST"
+    ),
+    mode: str = typer.Option("lora", "--mode", help="lora: LoRA in the blocks + exit heads; heads: exit heads only."),
+    target_compute: float = typer.Option(
+        0.6,
+        "--target-compute",
+        min=0.05,
+        max=1.0,
+        help="Predictor labels keep mean blocks per file at or below this fraction of full depth.",
+    ),
+    refresh_only: bool = typer.Option(False, "--refresh-only", help="Only bring stale coarse embeddings up to date."),
+    json_out: bool = typer.Option(False, "--json", help="Print the heal report as JSON on stdout."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="More detail."),
+) -> None:
+    """Train the early-exit adapters and the exit predictor on the indexed collection, then bring
+    stored coarse embeddings up to date."""
+    setup_logging(False, verbose)
+
+    def action():
+        import json
+
+        from recall_cli.cli.progress import heal_progress
+        from recall_cli.early_exit.heal import HealOptions
+        from recall_cli.early_exit.heal_run import refresh_stale, run_heal
+        from recall_cli.storage.layout import resolve_db
+
+        if mode not in ("lora", "heads"):
+            raise RecallError(f"unknown --mode {mode!r}; use lora or heads")
+        try:
+            exit_list = tuple(int(part) for part in exits.split(",")) if exits else None
+        except ValueError:
+            raise RecallError(f"--exits takes block numbers like 2,3,4, not {exits!r}") from None
+        db_dir = resolve_db(db)
+        with heal_progress() as (on_step, on_refresh):
+            if refresh_only:
+                report = {"refresh": refresh_stale(db_dir, on_refresh)}
+            else:
+                options = HealOptions(budget_minutes=budget, mode=mode, exits=exit_list, target_compute=target_compute)
+                report = run_heal(db_dir, options, on_step, on_refresh)
+        if json_out:
+            typer.echo(json.dumps(report, indent=2, default=str))
+        else:
+            typer.echo(format_heal(report), err=True)
+        return EXIT_OK
+
+    raise typer.Exit(run_guarded(action, verbose))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

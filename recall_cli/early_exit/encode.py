@@ -1,0 +1,207 @@
+"""The batched encode that really skips blocks (`encode_with_exits`), and its inverse for
+refinement (`resume`: the remaining blocks from a cached hidden state).
+
+`encode_with_exits`: run k0 blocks on the whole batch (plan.py), ask the policy (policy.py) for an
+exit per item, then advance only the items still running, block by block; when the next exit
+point is reached the items that stop there are taken out (head -> coarse embedding, hidden state
+of their real tokens kept for the INT4 cache) and the batch shrinks.  So an item exiting at L pays
+for exactly L blocks (a test counts block calls), and the items still running are regrouped into
+one smaller batch (trailing padding columns dropped) at each exit point.  With a healed index the
+early items run the healed exit path (adapters.py) and the full-depth ones the base blocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from recall_cli.early_exit.plan import ExitPlan, exit_plan
+from recall_cli.early_exit.policy import ExitPolicy
+
+
+@dataclass
+class ExitOutput:
+    vectors: Any  # [n, dim] float32 unit-norm, on CPU: coarse (or fine, for full-depth items)
+    exits: list[int]  # blocks each item really ran
+    depth: int
+    states: list[list[Any] | None] = field(default_factory=list)  # per item: [len_i, D] per sequence
+    state_blocks: list[int | None] = field(default_factory=list)  # per item: blocks run when its state was taken
+    adapter_version: int = 0  # healed adapters used for the early exits (0: none)
+    block_calls: int = 0  # block() calls made for this batch
+    sequence_blocks: int = 0  # sum over block calls of sequences processed
+
+
+def drop_padding_columns(batch):
+    """Drop trailing columns that are padding in every sequence (exact: padding never influences
+    real tokens in these encoders; positions were added before block 0)."""
+    if batch.mask.numel() == 0:
+        return batch
+    real = batch.mask.any(dim=0).nonzero()
+    last = int(real.max()) + 1 if len(real) else 1
+    if last == batch.mask.shape[1]:
+        return batch
+    return type(batch)(batch.modality, batch.hidden[:, :last], batch.mask[:, :last], batch.owner, batch.n_items)
+
+
+def item_states(batch, local_items: list[int]) -> list[list[Any]]:
+    """Per item of the batch: the hidden state of each of its sequences, real tokens only, on CPU."""
+    out = []
+    for item in local_items:
+        rows = (batch.owner == item).nonzero().flatten().tolist()
+        out.append([batch.hidden[row][batch.mask[row]].detach().cpu() for row in rows])
+    return out
+
+
+class _BasePath:
+    """The un-adapted model: states are cached at the exit block itself."""
+
+    def __init__(self, model, modality: str, out: ExitOutput):
+        self.model, self.modality, self.out = model, modality, out
+
+    def run(self, batch, start: int, stop: int):
+        for index in range(start, stop):
+            batch = batch.with_hidden(self.model.block(self.modality, index, batch.hidden, batch.mask))
+            self.out.block_calls += 1
+            self.out.sequence_blocks += int(batch.hidden.shape[0])
+        return batch
+
+    def embed(self, batch, exit_block: int):
+        return self.model.embed(batch, exit_block)
+
+    def resume_block(self, exit_block: int) -> int:
+        return exit_block
+
+
+class _HealedPath(_BasePath):
+    """Healed exits (adapters.HealedExits): adapted blocks and exit heads; states cached where they
+    are still un-adapted, so refinement through the base blocks stays exact."""
+
+    def __init__(self, healed, modality: str, out: ExitOutput):
+        super().__init__(healed.model, modality, out)
+        self.healed = healed
+
+    def run(self, batch, start: int, stop: int):
+        self.out.block_calls += stop - start
+        self.out.sequence_blocks += (stop - start) * int(batch.hidden.shape[0])
+        return self.healed.run(batch, start, stop)
+
+    def embed(self, batch, exit_block: int):
+        return self.healed.embed(batch, exit_block)
+
+    def resume_block(self, exit_block: int) -> int:
+        return self.healed.resume_block(exit_block)
+
+
+def encode_with_exits(
+    model, modality: str, data: list[Any], policy: ExitPolicy, plan: ExitPlan | None = None, keep_states: bool = True
+) -> ExitOutput:
+    """Encode one batch with early exit (see the module docstring).  Items that exit before full
+    depth get their coarse embedding and (keep_states) the hidden state of their real tokens.
+    With a healed index, items going to full depth continue on the base blocks and the others on
+    the healed path."""
+    plan = plan or exit_plan(model, modality)
+    n = len(data)
+    out = ExitOutput(torch.zeros(n, model.dim), [plan.depth] * n, plan.depth, [None] * n, [None] * n)
+    base = _BasePath(model, modality, out)
+    with torch.inference_mode():
+        batch = model.tokenize(modality, data)
+        if policy.is_full(modality):
+            batch = base.run(batch, 0, plan.depth)
+            out.vectors = model.embed(batch, plan.depth).float().cpu()
+            return out
+        batch = base.run(batch, 0, plan.k0)
+        superficial = model.embed(batch, plan.k0)
+        out.exits = [plan.snap(max(int(e), plan.k0)) for e in policy.choose(modality, plan, superficial)]
+        healed = policy.healed_for(model, modality)
+        if healed is None:
+            _advance(base, batch, list(range(n)), out.exits, plan, keep_states)
+            return out
+        _advance_healed(base, _HealedPath(healed, modality, out), batch, plan, keep_states)
+    return out
+
+
+def _advance_healed(base: _BasePath, healed_path: _HealedPath, batch, plan: ExitPlan, keep_states: bool) -> None:
+    """Split the batch after k0: full-depth items on the base blocks, the others on the healed path."""
+    out, healed = base.out, healed_path.healed
+    out.adapter_version = healed.version
+    # an exit this version did not heal (other --exits) moves to the next healed one
+    exits = [min([h for h in healed.exits if h >= e], default=plan.depth) for e in out.exits]
+    out.exits = exits
+    full = [i for i, e in enumerate(exits) if e == plan.depth]
+    early = [i for i, e in enumerate(exits) if e < plan.depth]
+    for path, items in ((base, full), (healed_path, early)):
+        if items:
+            _advance(path, drop_padding_columns(batch.select_items(items)), items, exits, plan, keep_states)
+
+
+def _advance(path, group, alive: list[int], exits: list[int], plan: ExitPlan, keep_states: bool) -> None:
+    """Run `group` (the items `alive`, hidden state after k0) along `path`: at each exit point the
+    items stopping there get their embedding and leave, and the batch shrinks.  Each item's state
+    is kept (for the INT4 cache) at the block the path says refinement resumes from."""
+    out, position = path.out, plan.k0
+    if keep_states:
+        _keep_states_at(path, group, alive, exits, plan, position)
+    for point in sorted({exits[item] for item in alive}):
+        if point > position:
+            group = path.run(group, position, point)
+            position = point
+            if keep_states:
+                _keep_states_at(path, group, alive, exits, plan, position)
+        stopping = [local for local, item in enumerate(alive) if exits[item] == point]
+        for local, vector in zip(stopping, path.embed(group.select_items(stopping), point).float().cpu(), strict=True):
+            out.vectors[alive[local]] = vector
+        keep = [local for local, item in enumerate(alive) if exits[item] != point]
+        if not keep:
+            break
+        group = drop_padding_columns(group.select_items(keep))
+        alive = [alive[local] for local in keep]
+
+
+def _keep_states_at(path, group, alive: list[int], exits: list[int], plan: ExitPlan, position: int) -> None:
+    """Take the states of the early-exiting items whose refinement resumes at `position` (once each)."""
+    out = path.out
+    wanted = [
+        local
+        for local, item in enumerate(alive)
+        if exits[item] < plan.depth and out.states[item] is None and path.resume_block(exits[item]) == position
+    ]
+    for local, states in zip(wanted, item_states(group, wanted), strict=True):
+        out.states[alive[local]] = states
+        out.state_blocks[alive[local]] = position
+
+
+def resume(model, modality: str, states: list[list[Any]], exits: list[int], plan: ExitPlan | None = None):
+    """Full-depth embeddings [n, dim] of items from their hidden states at their exit blocks
+    (states[i]: the item's sequences, [len, D] real tokens each, e.g. from quant.decode_blob):
+    the remaining blocks run, grouped by exit block."""
+    plan = plan or exit_plan(model, modality)
+    n = len(states)
+    vectors = torch.zeros(n, model.dim)
+    with torch.inference_mode():
+        for point in sorted(set(exits)):
+            items = [i for i in range(n) if exits[i] == point]
+            batch = _padded_batch(model, modality, [states[i] for i in items])
+            batch = model.run_blocks(batch, point, plan.depth)
+            emb = model.embed(batch, plan.depth).float().cpu()
+            for local, i in enumerate(items):
+                vectors[i] = emb[local]
+    return vectors
+
+
+def _padded_batch(model, modality: str, item_sequences: list[list[Any]]):
+    """One Batch of every sequence of the given items, zero-padded to the longest, on the model's
+    device and dtype; owner maps each sequence row to its item."""
+    from recall_cli.models.base import Batch
+
+    sequences = [(local, seq) for local, item in enumerate(item_sequences) for seq in item]
+    longest = max(seq.shape[0] for _, seq in sequences)
+    dim = sequences[0][1].shape[-1]
+    hidden = torch.zeros(len(sequences), longest, dim, dtype=model.dtype or torch.float32, device=model.device)
+    mask = torch.zeros(len(sequences), longest, dtype=torch.bool, device=model.device)
+    for row, (_, seq) in enumerate(sequences):
+        hidden[row, : seq.shape[0]] = seq.to(hidden.device, hidden.dtype)
+        mask[row, : seq.shape[0]] = True
+    owner = torch.tensor([local for local, _ in sequences], dtype=torch.long, device=model.device)
+    return Batch(modality, hidden, mask, owner, len(item_sequences))

@@ -1,0 +1,391 @@
+"""`recall index`: bring the index in line with the files under some roots.
+
+A run has three phases:
+  1. plan   - scan the roots and compare size+mtime with the manifest (stat only; no lancedb, no
+              torch: an unchanged tree stops here);
+  2. apply  - for each new or changed file: hash it; a hash already indexed elsewhere (a move or a
+              copy) copies those rows; otherwise decode, encode and write.  Rows go to LanceDB
+              first and the manifest second, in batches, so an interrupted run is only *behind*;
+  3. prune  - files that vanished leave the index (after phase 2, so moves can copy first).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from recall_cli.errors import first_line, storage_error
+from recall_cli.index.hashing import file_hash
+from recall_cli.index.options import IndexOptions, IndexSummary, bind_model, check_model_version, check_roots
+from recall_cli.index.plan import changes_at_paths, files_to_apply, gone_paths
+from recall_cli.index.scan import FileEntry, scan_roots
+from recall_cli.index.sniff import sniff_path
+from recall_cli.models import MODEL_MODALITIES
+from recall_cli.paths import display_path
+from recall_cli.storage.layout import TABLE_DIR, prepare_index_dir
+from recall_cli.storage.lock import WriterLock
+from recall_cli.storage.manifest import FileRecord, Manifest
+
+log = logging.getLogger("recall")
+
+FLUSH_UNITS = 256  # units encoded and written per batch: bounds memory and lost work on a crash
+FLUSH_FILES = 64
+if os.environ.get("RECALL_FLUSH_UNITS"):  # smaller batches: tests make kill -9 land during writes
+    FLUSH_UNITS = FLUSH_FILES = max(1, int(os.environ["RECALL_FLUSH_UNITS"]))
+SNIPPET_CHARS = 2000  # a whole chunk of text fits: results can show the part that matched
+
+
+def index_roots(
+    roots: list[str],
+    db_dir: Path,
+    options: IndexOptions = IndexOptions(),
+    progress: Callable[[int, int], None] | None = None,
+) -> IndexSummary:
+    started = time.perf_counter()
+    roots = check_roots(roots)
+    prepare_index_dir(db_dir)  # a read-only or full index fails here, before anything is written
+    with WriterLock(db_dir, "index"):
+        summary = index_locked(db_dir, roots, options, progress)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def index_locked(
+    db_dir: Path,
+    roots: list[str],
+    options: IndexOptions = IndexOptions(),
+    progress: Callable[[int, int], None] | None = None,
+    paths: list[str] | None = None,
+    path_filter=None,
+    should_stop: Callable[[], bool] | None = None,
+    maintain: bool = True,
+) -> IndexSummary:
+    """One index pass by a caller that already holds the WriterLock (index_roots, `recall watch`).
+
+    `paths` None: the whole roots (checked to exist).  Otherwise only those paths (watch events):
+    each is stat'ed; a file is planned as usual, a directory is walked (and recorded files under it
+    that are gone are pruned), an absent path is pruned with everything recorded under it.  Paths
+    under a root that is missing are left alone.  `should_stop` ends the apply phase early (what was
+    flushed stays; pruning waits for a complete pass)."""
+    started = time.perf_counter()
+    manifest = Manifest(db_dir)
+    try:
+        model_name = bind_model(manifest, options.model)
+        manifest.check_vectors_present()
+        run = _IndexRun(db_dir, manifest, model_name, options, progress)
+        run.should_stop = should_stop or (lambda: False)
+        run.maintain = maintain
+        if paths is None:
+            summary = run.execute(roots)
+        else:
+            from recall_cli.index.scan import PathFilter
+
+            summary = run.execute_paths(paths, path_filter or PathFilter(roots, options.scan))
+        manifest.set_meta("last_index_at", str(time.time()))
+    except Exception as error:  # a full or read-only disk: one clear line (what was written stays)
+        mapped = storage_error(error, db_dir)
+        if mapped is None or mapped is error:
+            raise
+        raise mapped from error
+    finally:
+        manifest.close()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+class _IndexRun:
+    def __init__(
+        self,
+        db_dir: Path,
+        manifest: Manifest,
+        model_name: str,
+        options: IndexOptions,
+        progress: Callable[[int, int], None] | None,
+    ):
+        self.db_dir = db_dir
+        self.manifest = manifest
+        self.model_name = model_name
+        self.options = options
+        self.progress = progress or (lambda done, total: None)
+        self.summary = IndexSummary()
+        self._store = None
+        self._model = None
+        self.pending_units: list[tuple[str, object]] = []  # (path, Unit)
+        self.pending_files: dict[str, tuple[FileEntry, str, str, bool]] = {}  # path -> entry, hash, modality, is_new
+        self.wrote = False
+        self.should_stop: Callable[[], bool] = lambda: False
+        self.maintain = True  # compact after writing (`recall watch` does it when idle instead)
+        self._policy = None
+        if options.full:
+            manifest.set_meta("full_depth", "1")
+
+    @property
+    def policy(self):
+        """The exit policy of this run: full depth for a --full index, else policy.parse_policy."""
+        if self._policy is None:
+            from recall_cli.early_exit.policy import FullDepthPolicy, parse_policy
+
+            if self.manifest.get_meta("full_depth") == "1":
+                self._policy = FullDepthPolicy()
+            else:
+                self._policy = parse_policy(self.options.exit_policy, self.db_dir, self.model_name)
+        return self._policy
+
+    # lazily opened: an unchanged tree never imports lancedb or torch
+    @property
+    def store(self):
+        if self._store is None:
+            from recall_cli.storage.table import Store
+
+            self._store = Store(self.db_dir)
+            dim = self.manifest.get_meta("dim")
+            self._store.check(int(dim) if dim else None, self.model_name, scan_rows=True)
+        return self._store
+
+    @property
+    def model(self):
+        if self._model is None:
+            from recall_cli.models import load_model
+
+            self._model = load_model(self.model_name, self.options.device, self.options.dtype, self.options.weights)
+            check_model_version(self.manifest, self._model)
+            if self.store.table is None:
+                from recall_cli.storage.table import Store
+
+                self._store = Store(self.db_dir, dim=self._model.dim)
+            self.store.check(self._model.dim, self.model_name)
+        return self._model
+
+    def execute(self, roots: list[str]) -> IndexSummary:
+        report = scan_roots(roots, self.options.scan)
+        known = self.manifest.files_under(roots)
+        gone = gone_paths(known, {entry.path for entry in report.files}, report.problems)
+        self._record_scan_problems(report.problems, roots)
+        return self._apply_all(self._plan(report.files, known), gone, known)
+
+    def _apply_all(self, todo, gone: list[str], known: dict[str, FileRecord]) -> IndexSummary:
+        stopped = False
+        for done, (entry, record) in enumerate(todo, 1):
+            if self.should_stop():
+                stopped = True
+                break
+            self._apply(entry, record)
+            self.progress(done, len(todo))
+        self._flush()
+        if not stopped:
+            self._prune(gone, known)
+        if self.wrote or self.options.cache_budget:
+            from recall_cli.early_exit.cache import enforce_budget, resolve_budget
+
+            budget = resolve_budget(self.manifest, self.options.cache_budget)
+            if self.wrote:
+                enforce_budget(self.store, self.manifest, budget)
+        if self.wrote and self.maintain:
+            self.store.maintain()
+        return self.summary
+
+    def execute_paths(self, paths: list[str], path_filter) -> IndexSummary:
+        """Apply changes at some paths only (see index_locked)."""
+        found = changes_at_paths(self.manifest, paths, path_filter)
+        self._record_scan_problems(found.report.problems, found.roots)
+        return self._apply_all(self._plan(found.entries, found.known), found.gone, found.known)
+
+    def _plan(self, entries: list[FileEntry], known: dict[str, FileRecord]):
+        self.summary.scanned = len(entries)
+        todo = files_to_apply(entries, known, self.options.retry_failed)
+        self.summary.unchanged += len(entries) - len(todo)
+        return todo
+
+    def _record_scan_problems(self, problems: list[tuple[str, str]], roots: list[str]) -> None:
+        records = []
+        for path, reason in problems:
+            root = next((r for r in roots if path.startswith(r.rstrip("/") + "/")), roots[0])
+            records.append(FileRecord(path, root, 0, 0, None, None, "error", reason, 0))
+            self._fail(path, reason)
+        self.manifest.upsert(records)
+
+    def _fail(self, path: str, reason: str) -> None:
+        self.summary.failed += 1
+        self.summary.failures.append((path, reason))
+        log.warning("%s: %s", display_path(path), reason)
+
+    def _apply(self, entry: FileEntry, record: FileRecord | None) -> None:
+        try:
+            content_hash = file_hash(entry.path)
+            modality = sniff_path(Path(entry.path), entry.size)
+        except FileNotFoundError:
+            # gone since the scan (deleted, or mid-replace by an editor): what a later scan would
+            # decide, now; if it comes back, the next run or watch event indexes it
+            self._prune([entry.path], {entry.path: record} if record is not None else {})
+            return
+        except OSError as error:
+            self._finish_failed(entry, None, None, f"cannot read: {error.strerror or error}")
+            return
+        if entry.size == 0:
+            self._finish_failed(entry, content_hash, modality, "empty file (0 bytes)")
+            return
+        if record is not None and record.hash == content_hash and record.status != "error":
+            # touched, not changed: only the stat fields move
+            self.manifest.upsert(
+                [_record(entry, content_hash, record.modality, record.status, record.error, record.units)]
+            )
+            self.summary.unchanged += 1
+            return
+        if modality is None or modality not in MODEL_MODALITIES[self.model_name]:
+            reason = "unknown file type" if modality is None else f"{self.model_name} does not embed {modality}"
+            if record is not None:
+                self._drop_rows(entry.path)
+            self.manifest.upsert([_record(entry, content_hash, modality, "skipped", reason)])
+            self.summary.skipped += 1
+            return
+        if self._copy_existing(entry, content_hash, modality, record):
+            return
+        model = self.model  # loading it (or finding the index unusable) is not this file's problem
+        try:
+            units = model.file_units(Path(entry.path), modality)
+        except Exception as error:  # one bad file never stops the run
+            self._finish_failed(entry, content_hash, modality, _one_line(error))
+            return
+        if not units:
+            self._finish_failed(entry, content_hash, modality, "nothing to embed in file")
+            return
+        self.pending_files[entry.path] = (entry, content_hash, modality, record is None)
+        self.pending_units.extend((entry.path, unit) for unit in units)
+        if len(self.pending_units) >= FLUSH_UNITS or len(self.pending_files) >= FLUSH_FILES:
+            self._flush()
+
+    def _copy_existing(self, entry: FileEntry, content_hash: str, modality: str, record: FileRecord | None) -> bool:
+        """A file whose content is already indexed under another path (moved, renamed, copied)
+        takes a copy of those rows instead of being encoded again."""
+        for source in self.manifest.paths_with_hash(content_hash):
+            if source == entry.path:
+                continue
+            rows = self.store.rows_for_path(source)
+            if not rows or any(row["hash"] != content_hash for row in rows):
+                continue
+            for row in rows:
+                row.pop("_distance", None)
+                row.update(
+                    id=_unit_id(entry.path, row["chunk"]),
+                    path=entry.path,
+                    root=entry.root,
+                    size=entry.size,
+                    mtime_ns=entry.mtime_ns,
+                    indexed_at=time.time(),
+                )
+            self.store.upsert(rows, whole_files=[entry.path])  # its older rows go in the same commit
+            from recall_cli.storage.manifest import exit_groups
+
+            with self.manifest.transaction():  # the record and its exit rows, or neither
+                self.manifest.upsert([_record(entry, content_hash, modality, "ok", units=len(rows))])
+                self.manifest.set_exits(entry.path, *exit_groups(rows))
+            self.summary.moved += 1
+            self.wrote = True
+            return True
+        return False
+
+    def _flush(self) -> None:
+        if not self.pending_units:
+            return
+        from recall_cli.index.pipeline import encode_units
+
+        encoded = encode_units(self.model, [unit for _, unit in self.pending_units], policy=self.policy)
+        rows, errors, counts = [], {}, {}
+        for (path, unit), result in zip(self.pending_units, encoded, strict=True):
+            if result.vector is None:
+                errors.setdefault(path, result.error)
+                continue
+            entry, content_hash, modality, _ = self.pending_files[path]
+            counts[path] = counts.get(path, 0) + 1
+            rows.append(self._row(entry, content_hash, unit, result))
+        rows = [row for row in rows if row["path"] not in errors]
+        done = {path: (self.pending_files[path][1], count) for path, count in counts.items() if path not in errors}
+        # one commit: the new rows, and the older rows of those files (another hash, chunks past
+        # the new count) gone, so a kill never leaves a file half old and half new
+        self.store.upsert(rows, whole_files=done)
+        records = []
+        for path, (entry, content_hash, modality, is_new) in self.pending_files.items():
+            if path in errors:
+                self._drop_rows(path)
+                records.append(_record(entry, content_hash, modality, "error", errors[path]))
+                self._fail(path, errors[path])
+                continue
+            records.append(_record(entry, content_hash, modality, "ok", units=counts[path]))
+            if is_new:
+                self.summary.added += 1
+            else:
+                self.summary.updated += 1
+        from recall_cli.storage.manifest import exit_groups
+
+        with self.manifest.transaction():  # records and their exit rows, or none of them
+            self.manifest.upsert(records)
+            for path in done:
+                self.manifest.set_exits(path, *exit_groups([row for row in rows if row["path"] == path]))
+        self.summary.units_encoded += len(rows)
+        self.summary.blocks_run += sum(row["exit_block"] for row in rows)
+        self.summary.blocks_full += sum(row["depth"] for row in rows)
+        self.summary.cache_bytes += sum(len(row["cache"]) for row in rows if row["cache"])
+        self.wrote = True
+        self.pending_units, self.pending_files = [], {}
+
+    def _row(self, entry: FileEntry, content_hash: str, unit, result) -> dict:
+        return {
+            "id": _unit_id(entry.path, unit.chunk),
+            "path": entry.path,
+            "root": entry.root,
+            "hash": content_hash,
+            "chunk": unit.chunk,
+            "modality": unit.modality,
+            "snippet": unit.snippet[:SNIPPET_CHARS],
+            "size": entry.size,
+            "mtime_ns": entry.mtime_ns,
+            "model": self.model_name,
+            "vector": result.vector.tolist(),
+            "exit_block": result.exit_block,
+            "depth": result.depth,
+            "refined": result.refined,
+            "cache": result.cache,
+            "adapter_version": result.adapter_version,
+            "indexed_at": time.time(),
+        }
+
+    def _finish_failed(self, entry: FileEntry, content_hash, modality, reason: str) -> None:
+        self._drop_rows(entry.path)
+        self.manifest.upsert([_record(entry, content_hash, modality, "error", reason)])
+        self._fail(entry.path, reason)
+
+    def _drop_rows(self, path: str) -> None:
+        """A file that no longer embeds (now broken, or now another type) loses its old rows."""
+        if (self.db_dir / TABLE_DIR).exists() and self.store.table is not None:
+            self.store.delete_paths([path])
+
+    def _prune(self, gone: list[str], known: dict[str, FileRecord]) -> None:
+        if not gone:
+            return
+        embedded = [path for path in gone if path in known and known[path].status == "ok"]
+        if embedded and self.store.table is not None:
+            self.store.delete_paths(embedded)
+            self.wrote = True
+        self.manifest.delete(gone)
+        self.summary.removed += sum(path in known for path in gone)
+
+
+def _record(entry: FileEntry, content_hash, modality, status: str, error: str | None = None, units: int = 0):
+    """The manifest record of a file as scanned now, with what became of it."""
+    return FileRecord(entry.path, entry.root, entry.size, entry.mtime_ns, content_hash, modality, status, error, units)
+
+
+def _unit_id(path: str, chunk: int) -> str:
+    from recall_cli.storage.table import unit_id
+
+    return unit_id(path, chunk)
+
+
+def _one_line(error: Exception) -> str:
+    from recall_cli.models.base import DecodeError
+
+    message = first_line(error)
+    return message if isinstance(error, DecodeError) else f"{type(error).__name__}: {message}"

@@ -1,0 +1,93 @@
+"""Images -> ImageBind's vision input [3, 224, 224].
+
+EXIF orientation, RGB, shorter side to 224 (bicubic, PIL), centre crop, CLIP mean/std: ImageBind's
+torchvision Resize(224, BICUBIC) + CenterCrop(224) + Normalize, on Pillow (+ pillow-heif for HEIC).
+Decoding refuses images too large to hold in memory and crops extreme aspect ratios before
+resizing; see MAX_IMAGE_PIXELS and MAX_RESIZED_PIXELS.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from recall_cli.models.base import DecodeError
+from recall_cli.models.imagebind.media.common import IMAGE_SIZE, normalize, one_line
+
+MAX_IMAGE_PIXELS = 150_000_000  # larger images are refused (decompression-bomb guard)
+MAX_RESIZED_PIXELS = IMAGE_SIZE * IMAGE_SIZE * 64  # above (aspect > 64:1): crop before resizing
+
+_heif_registered = False
+
+
+def load_image(path: Path) -> torch.Tensor:
+    """Image file -> normalised [3, 224, 224].  DecodeError when it cannot be decoded."""
+    return preprocess_image(open_image(Path(path)))
+
+
+def open_image(path: Path):
+    """A fully loaded RGB PIL image with EXIF orientation applied.  DecodeError on any failure."""
+    from PIL import Image, ImageOps
+
+    _register_heif()
+    # Our own limit, checked from the header before any pixel is decoded, replaces PIL's
+    # (a warning at 89 Mpx, an error with a long message at 179 Mpx).
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise DecodeError(
+                    f"image too large to decode safely ({w}x{h} pixels; the limit is "
+                    f"{MAX_IMAGE_PIXELS // 1_000_000} megapixels)"
+                )
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return img.convert("RGB")
+    except DecodeError:
+        raise
+    except Image.UnidentifiedImageError:
+        raise DecodeError("cannot decode image: not a known image format, or damaged") from None
+    except Exception as exc:
+        raise DecodeError(f"cannot decode image: {one_line(exc)}") from None
+
+
+def _register_heif() -> None:
+    """Teach PIL to open HEIC/HEIF (iPhone photos) once, if pillow-heif is installed."""
+    global _heif_registered
+    if not _heif_registered:
+        try:
+            import pillow_heif
+
+            pillow_heif.register_heif_opener()
+        except Exception:  # pragma: no cover - optional
+            pass
+        _heif_registered = True
+
+
+def preprocess_image(img) -> torch.Tensor:
+    """PIL RGB image -> normalised [3, 224, 224] (torchvision Resize(224, BICUBIC) + CenterCrop)."""
+    from PIL import Image
+
+    w, h = img.size
+    if w <= h:
+        size = (IMAGE_SIZE, int(IMAGE_SIZE * h / w))
+    else:
+        size = (int(IMAGE_SIZE * w / h), IMAGE_SIZE)
+    top = int(round((size[1] - IMAGE_SIZE) / 2.0))
+    left = int(round((size[0] - IMAGE_SIZE) / 2.0))
+    if size[0] * size[1] > MAX_RESIZED_PIXELS:
+        # Extreme aspect ratio (a 58396x20 strip would become 653995x224, 440 MB): resample only
+        # the source region under the centre crop.  Not bit-exact with resize-then-crop, so
+        # ordinary photos keep the reference path below.
+        sx, sy = w / size[0], h / size[1]
+        box = (left * sx, top * sy, (left + IMAGE_SIZE) * sx, (top + IMAGE_SIZE) * sy)
+        img = img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BICUBIC, box=box)
+    else:
+        if size != (w, h):
+            img = img.resize(size, Image.BICUBIC)
+        img = img.crop((left, top, left + IMAGE_SIZE, top + IMAGE_SIZE))
+    x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
+    return normalize(x, (3, 1, 1))
