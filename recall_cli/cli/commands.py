@@ -27,6 +27,20 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+# Options that several commands take, declared once so that their spelling and help cannot drift.
+ModelOption = typer.Option(None, "--model", "-m", help="Embedding model for a new index: minilm, imagebind-huge.")
+DeviceOption = typer.Option(None, "--device", help="auto, cpu, cuda or mps.")
+WeightsOption = typer.Option(None, "--weights", help="Model weights file or folder (manual placement).")
+HiddenOption = typer.Option(False, "--hidden", help="Include hidden files and directories.")
+NoIgnoreOption = typer.Option(
+    False, "--no-ignore", help="Disregard .gitignore/.ignore/.recallignore and the OS-junk list."
+)
+ExcludeOption = typer.Option(
+    [], "--exclude", "-x", help="Skip paths matching this gitignore-style glob (repeatable).", metavar="GLOB"
+)
+FollowOption = typer.Option(
+    False, "--follow", "-L", help="Follow symlinks that lead out of the indexed directories (never by default)."
+)
 DbOption = typer.Option(
     None, "--db", help="Index directory (default: $RECALL_DB, else the per-user data dir).", metavar="DIR"
 )
@@ -50,25 +64,17 @@ def main(
 @app.command()
 def index(
     paths: list[Path] = typer.Argument(..., help="Directories to index (or update)."),
-    model: Optional[str] = typer.Option(
-        None, "--model", "-m", help="Embedding model for a new index: minilm, imagebind-huge."
-    ),
+    model: Optional[str] = ModelOption,
     db: Optional[Path] = DbOption,
-    hidden: bool = typer.Option(False, "--hidden", help="Include hidden files and directories."),
-    no_ignore: bool = typer.Option(
-        False, "--no-ignore", help="Disregard .gitignore/.ignore/.recallignore and the OS-junk list."
-    ),
-    exclude: list[str] = typer.Option(
-        [], "--exclude", "-x", help="Skip paths matching this gitignore-style glob (repeatable).", metavar="GLOB"
-    ),
-    follow: bool = typer.Option(
-        False, "--follow", "-L", help="Follow symlinks that lead out of the indexed directories (never by default)."
-    ),
+    hidden: bool = HiddenOption,
+    no_ignore: bool = NoIgnoreOption,
+    exclude: list[str] = ExcludeOption,
+    follow: bool = FollowOption,
     retry_failed: bool = typer.Option(
         False, "--retry-failed", help="Try files that failed last time again even if unchanged."
     ),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or mps."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="Model weights file or folder (manual placement)."),
+    device: Optional[str] = DeviceOption,
+    weights: Optional[Path] = WeightsOption,
     full: bool = typer.Option(
         False,
         "--full",
@@ -167,7 +173,7 @@ def query(
     paths_only: bool = typer.Option(False, "-l", "--files", help="Paths only, one per line."),
     nul: bool = typer.Option(False, "-0", "--null", help="Paths only, NUL-separated (for xargs -0)."),
     db: Optional[Path] = DbOption,
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or mps."),
+    device: Optional[str] = DeviceOption,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="More detail."),
 ) -> None:
     """Search the index.  Exit status: 0 results found, 1 none, 2 error."""
@@ -242,9 +248,7 @@ def stats(
 def watch(
     paths: list[Path] = typer.Argument(..., help="Directories to watch (caught up first with an index pass)."),
     db: Optional[Path] = DbOption,
-    model: Optional[str] = typer.Option(
-        None, "--model", "-m", help="Embedding model for a new index: minilm, imagebind-huge."
-    ),
+    model: Optional[str] = ModelOption,
     delay: float = typer.Option(
         3.0,
         "--delay",
@@ -263,18 +267,12 @@ def watch(
     ),
     poll: bool = typer.Option(False, "--poll", help="Poll for changes instead of using inotify (network drives)."),
     no_serve: bool = typer.Option(False, "--no-serve", help="Do not answer `recall query` over the index's socket."),
-    hidden: bool = typer.Option(False, "--hidden", help="Include hidden files and directories."),
-    no_ignore: bool = typer.Option(
-        False, "--no-ignore", help="Disregard .gitignore/.ignore/.recallignore and the OS-junk list."
-    ),
-    exclude: list[str] = typer.Option(
-        [], "--exclude", "-x", help="Skip paths matching this gitignore-style glob (repeatable).", metavar="GLOB"
-    ),
-    follow: bool = typer.Option(
-        False, "--follow", "-L", help="Follow symlinks that lead out of the indexed directories (never by default)."
-    ),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or mps."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="Model weights file or folder (manual placement)."),
+    hidden: bool = HiddenOption,
+    no_ignore: bool = NoIgnoreOption,
+    exclude: list[str] = ExcludeOption,
+    follow: bool = FollowOption,
+    device: Optional[str] = DeviceOption,
+    weights: Optional[Path] = WeightsOption,
     json_log: bool = typer.Option(False, "--json-log", help="Log one JSON object per line on stderr."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="More detail."),
