@@ -48,7 +48,8 @@ def rows(db):
 
 
 def ranked(cli, query, *args):
-    result = cli("query", query, "--json", *args)
+    """Results by meaning alone: these tests are about the embeddings and their refinement."""
+    result = cli("query", query, "--json", "--semantic", *args)
     assert result.exit_code in (0, 1), result.stderr
     return json.loads(result.stdout) if result.exit_code == 0 else []
 

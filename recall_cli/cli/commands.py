@@ -168,6 +168,13 @@ def query(
         False, "--exact", help="Refine every candidate the ranking could depend on (no time budget)."
     ),
     no_refine: bool = typer.Option(False, "--no-refine", help="Rank by stored embeddings only; refine nothing."),
+    semantic: bool = typer.Option(False, "--semantic", help="Rank by meaning only (embeddings), no keyword search."),
+    keyword: bool = typer.Option(
+        False, "--keyword", help="Rank by words only (full-text search over text, file and folder names)."
+    ),
+    name: Optional[str] = typer.Option(
+        None, "--name", help="Only files whose name matches GLOB (any case), e.g. '*kayak*.jpg'.", metavar="GLOB"
+    ),
     json_out: bool = typer.Option(False, "--json", help="One JSON array of results."),
     jsonl: bool = typer.Option(False, "--jsonl", help="One JSON object per result line."),
     paths_only: bool = typer.Option(False, "-l", "--files", help="Paths only, one per line."),
@@ -176,7 +183,9 @@ def query(
     device: Optional[str] = DeviceOption,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="More detail."),
 ) -> None:
-    """Search the index.  Exit status: 0 results found, 1 none, 2 error."""
+    """Search the index by meaning and by words at once (both rankings fused; --semantic or
+    --keyword for one).  "quoted phrase" must appear as written; name:WORD must be in the file
+    name.  Exit status: 0 results found, 1 none, 2 error."""
     setup_logging(False, verbose)
 
     def action():
@@ -198,6 +207,9 @@ def query(
             budget=budget,
             exact=exact,
             no_refine=no_refine,
+            semantic=semantic,
+            keyword=keyword,
+            name=name,
             device=device,
         )
         if text is None and like is None:

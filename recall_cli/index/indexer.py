@@ -143,6 +143,8 @@ class _IndexRun:
             self._store = Store(self.db_dir)
             dim = self.manifest.get_meta("dim")
             self._store.check(int(dim) if dim else None, self.model_name, scan_rows=True)
+            if self._store.table is not None and not self._store.has_text_side:
+                self._store.add_text_side(self.progress)
         return self._store
 
     @property

@@ -7,6 +7,13 @@
   A query is read as a combination when it starts with a quote, a sign followed by a quote, or
   `WEIGHT:` followed by a quote; anything else is plain text (so `Grandma's pie` stays plain).
   The query vector is sum(weight_i * e_i) over the unit-norm term embeddings e_i, normalised.
+* Words for the keyword side of a hybrid query (query/keyword.py): the plain text's words match
+  loosely (BM25); a `"quoted phrase"` inside a plain query must appear as written, and so must an
+  identifier joined by underscores (`indices_or_sections`: the index splits it into words, and
+  any document holding those common words would otherwise match it too); `name:WORD` (or
+  `name:"two words"`) must appear in the file's name and is not embedded.  A weighted combination
+  of several terms is arithmetic on meanings, which words cannot do: it is searched by vector only
+  (a single quoted term is a phrase, searched both ways).
 * Dates for --since/--until: YYYY-MM-DD (local midnight; --until includes that whole day) or an
   ISO 8601 datetime (naive: local time).  Compared with the file's mtime.
 """
@@ -15,6 +22,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass, field
 
 from recall_cli.errors import RecallError
 
@@ -95,6 +103,61 @@ def parse_query(text: str) -> list[tuple[float, str]]:
     if all(weight == 0 for weight, _ in terms):
         raise RecallError(f"cannot read query {text!r}: every weight is zero")
     return terms
+
+
+_NAME = re.compile(r"""(?<!\S)name:(?:"([^"]*)"|'([^']*)'|(\S+))""")
+_PHRASE = re.compile(r'"([^"]*)"')
+_SNAKE = re.compile(r"[^\W_]+(?:_+[^\W_]+)+")  # letters/digits joined by underscores
+
+
+@dataclass(frozen=True)
+class KeywordQuery:
+    words: str = ""  # match loosely: any of them, ranked by BM25
+    phrases: tuple[str, ...] = ()  # each must appear, word for word
+    names: tuple[str, ...] = ()  # each must appear in the file's name
+
+    @property
+    def empty(self) -> bool:
+        return not (self.words.strip() or self.phrases or self.names)
+
+
+@dataclass(frozen=True)
+class Query:
+    terms: list[tuple[float, str]] = field(default_factory=list)  # the vector side; [] for names alone
+    keyword: KeywordQuery = KeywordQuery()
+
+
+def read_query(text: str) -> Query:
+    """Both sides of one query: the weighted terms to embed and the words to look up."""
+    names = tuple(" ".join(part for part in match.groups() if part) for match in _NAME.finditer(text))
+    names = tuple(name for name in names if name.strip())
+    rest = _NAME.sub(" ", text)
+    if is_weighted(rest):
+        terms = _weighted_or_none(rest)
+        if terms is not None:
+            if len(terms) == 1:  # one quoted term: a phrase, on both sides
+                return Query(terms, KeywordQuery(phrases=(terms[0][1],), names=names))
+            # arithmetic on meanings (`"beach" + "dog" - "people"`): words cannot say "minus"
+            return Query(terms, KeywordQuery(names=names))
+    phrases = tuple(phrase.strip() for phrase in _PHRASE.findall(rest) if phrase.strip())
+    plain = " ".join(_PHRASE.sub(lambda match: match.group(1), rest).split())
+    if not plain and not names:
+        raise RecallError("empty query; say what to look for")
+    loose = _PHRASE.sub(" ", rest)
+    phrases += tuple(_SNAKE.findall(loose))
+    words = " ".join(_SNAKE.sub(" ", loose).split())
+    return Query([(1.0, plain)] if plain else [], KeywordQuery(words, phrases, names))
+
+
+def _weighted_or_none(text: str) -> list[tuple[float, str]] | None:
+    """The weighted combination, or None for plain text that merely starts with a quoted phrase
+    (`"red kayak" lake`): only signs or weights between quoted terms make a combination."""
+    try:
+        return parse_query(text)
+    except RecallError as error:
+        if "expected + or - between terms" in str(error):
+            return None
+        raise
 
 
 def parse_date(text: str, end: bool = False) -> int:

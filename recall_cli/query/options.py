@@ -12,6 +12,7 @@ import os
 from dataclasses import asdict, dataclass, fields
 
 REFINE_MODES = ("auto", "exact", "off")
+MODES = ("hybrid", "semantic", "keyword")  # both rankings fused (default), vectors only, words only
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,8 @@ class QueryOptions:
     min_score: float | None = None  # drop results scoring below this
     refine: str = "auto"  # auto (within budget) | exact (every candidate) | off
     budget: float | None = None  # refinement latency budget in seconds (None: refine.DEFAULT_BUDGET_S)
+    mode: str = "hybrid"  # one of MODES
+    name: str | None = None  # only files whose name matches this glob (any case)
     device: str | None = None  # where the query encoder runs; never sent to a server (it has its own)
     weights: str | None = None
 
@@ -46,6 +49,7 @@ class QueryOptions:
 
 LOCAL_ONLY = ("device", "weights")
 _KINDS = {"limit": int, "offset": int, "min_score": float, "budget": float}
+_CHOICES = {"refine": REFINE_MODES, "mode": MODES}
 
 
 def _typed(name: str, value):
@@ -53,6 +57,8 @@ def _typed(name: str, value):
     allowed = (int, float) if kind is float else kind
     if isinstance(value, bool) or not isinstance(value, allowed):
         raise ValueError(f"option {name!r} must be {kind.__name__}, not {type(value).__name__}")
+    if name in _CHOICES and value not in _CHOICES[name]:
+        raise ValueError(f"option {name!r} must be one of {', '.join(_CHOICES[name])}, not {value!r}")
     return float(value) if kind is float else value
 
 
@@ -81,6 +87,9 @@ def query_options(
     budget: float | None = None,
     exact: bool = False,
     no_refine: bool = False,
+    semantic: bool = False,
+    keyword: bool = False,
+    name: str | None = None,
     device: str | None = None,
 ) -> QueryOptions:
     """The command line's values as options, checked the same way on every path.  Paths are made
@@ -89,6 +98,8 @@ def query_options(
 
     if exact and no_refine:
         raise RecallError("choose one of --exact and --no-refine")
+    if semantic and keyword:
+        raise RecallError("choose one of --semantic and --keyword (neither: both, fused)")
     if within:
         within = os.path.realpath(os.path.expanduser(within))
     if like:
@@ -105,6 +116,8 @@ def query_options(
         min_score=min_score,
         refine=refine,
         budget=budget,
+        mode="semantic" if semantic else "keyword" if keyword else "hybrid",
+        name=name,
         device=device,
     )
 
@@ -122,6 +135,8 @@ FLAGS = {
     "--verbose": "verbose",
     "--exact": "exact",
     "--no-refine": "no_refine",
+    "--semantic": "semantic",
+    "--keyword": "keyword",
 }
 VALUES = {
     "-n": "limit",
@@ -136,6 +151,7 @@ VALUES = {
     "--until": "until",
     "--min-score": "min_score",
     "--budget": "budget",
+    "--name": "name",
 }
 # Options the fast path leaves to Typer (they need the model here, or only print): --device, --help.
 
@@ -179,7 +195,7 @@ def _checked(found: dict) -> dict | None:
     says why in its own words)."""
     if found["text"] is None and found.get("like") is None:
         return None
-    if {"exact", "no_refine"} <= found["flags"]:
+    if {"exact", "no_refine"} <= found["flags"] or {"semantic", "keyword"} <= found["flags"]:
         return None
     try:
         for key, kind in _KINDS.items():
@@ -194,8 +210,8 @@ def _checked(found: dict) -> dict | None:
 
 def options_from_argv(parsed: dict) -> QueryOptions:
     """QueryOptions from parse_query_argv's result, through the same checks as the command line."""
-    flags = parsed["flags"]
-    values = {
-        key: parsed[key] for key in _KINDS.keys() | {"modality", "within", "like", "since", "until"} if key in parsed
-    }
-    return query_options(**values, exact="exact" in flags, no_refine="no_refine" in flags)
+    import inspect
+
+    accepted = inspect.signature(query_options).parameters  # every option of the command line
+    values = {key: value for key, value in parsed.items() if key in accepted}
+    return query_options(**values, **{flag: True for flag in parsed["flags"] if flag in accepted})

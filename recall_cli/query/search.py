@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from recall_cli.early_exit.candidates import POOL_MIN, POOL_PER_RESULT
 from recall_cli.errors import REBUILD_HINT, RecallError, StorageError, storage_error
 from recall_cli.modalities import check_modality
 from recall_cli.models import load_model
@@ -26,6 +27,8 @@ def build_filter(options: QueryOptions) -> str | None:
     if options.within:
         directory = os.path.realpath(os.path.expanduser(options.within)).rstrip("/") + "/"
         clauses.append(f"starts_with(path, {sql_str(directory)})")
+    if options.name:
+        clauses.append(f"regexp_like(path, {sql_str(name_pattern(options.name))})")
     if options.since or options.until:
         from recall_cli.query.language import parse_date
 
@@ -34,6 +37,29 @@ def build_filter(options: QueryOptions) -> str | None:
         if options.until:
             clauses.append(f"mtime_ns <= {parse_date(options.until, end=True)}")
     return " AND ".join(clauses) or None
+
+
+def name_pattern(glob: str) -> str:
+    """--name GLOB as a regular expression on the whole path that matches the file name only, any
+    case: `*` and `?` stay within the name, `[...]` is a class, everything else is literal."""
+    import re
+
+    out, index = [], 0
+    while index < len(glob):
+        char = glob[index]
+        if char == "*":
+            out.append("[^/]*")
+        elif char == "?":
+            out.append("[^/]")
+        elif char == "[" and "]" in glob[index + 2 :]:
+            end = glob.index("]", index + 2)
+            inner = glob[index + 1 : end].replace("\\", "\\\\")
+            out.append("[^" + inner[1:] + "]" if inner.startswith("!") else "[" + inner + "]")
+            index = end
+        else:
+            out.append(re.escape(char))
+        index += 1
+    return "(?i)(^|/)" + "".join(out) + "$"
 
 
 class Searcher:
@@ -65,12 +91,13 @@ class Searcher:
         self.db_dir = Path(db_dir)
         self.writes_locked = False  # True inside `recall watch`, which holds the writer lock
         self.refiner = None
+        self._keyword_pool = None  # one background thread for the keyword side, made on first use
 
     def search(self, texts: list[str], options: QueryOptions) -> list[list[dict]]:
-        """One ranked result list per query text (query language: querylang.py).  A text of ""
-        with options.like is the file alone.  Fine embeddings computed on the way wait in
+        """One ranked result list per query text (query language: query/language.py).  A text of
+        "" with options.like is the file alone.  Fine embeddings computed on the way wait in
         self.refiner until write_back()."""
-        from recall_cli.query.language import parse_query
+        from recall_cli.query.language import Query, read_query
 
         if not texts:
             return []
@@ -79,21 +106,64 @@ class Searcher:
             raise RecallError("--min-score is a cosine similarity between -1 and 1")
         if options.budget is not None and options.budget < 0:
             raise RecallError("--budget is a number of seconds, 0 or more")
-        parsed = [parse_query(text) if (text or not options.like) else [] for text in texts]
+        if not self.store.has_text_side and options.mode != "semantic":
+            self._add_text_side()
+        queries = [read_query(text) if (text or not options.like) else Query() for text in texts]
+        # the keyword side needs no query vector: it runs on the other core while the query is embedded
+        keyword_jobs = [self._start_keyword_search(query.keyword, options, where) for query in queries]
         like = self._like_vector(options.like) if options.like else None
-        terms = sorted({term for query in parsed for _, term in query})
+        embed = options.mode != "keyword" or options.min_score is not None  # keyword mode needs no vector
+        terms = sorted({term for query in queries for _, term in query.terms}) if embed else []
         encoded = dict(zip(terms, _encode_queries(self.model, terms), strict=True)) if terms else {}
         results = []
-        for text, query in zip(texts, parsed, strict=True):
-            vector = sum((weight * encoded[term] for weight, term in query), np.zeros(self.model.dim, np.float32))
-            if like is not None:
-                vector = vector + like
-            norm = float(np.linalg.norm(vector))
-            if norm < 1e-6:
-                raise RecallError(f"query {text!r}: the weighted terms cancel out")
+        for text, query, job in zip(texts, queries, keyword_jobs, strict=True):
+            vector = self._query_vector(text, query.terms if embed else [], encoded, like)
             label = text or f"like:{options.like}"
-            results.append(self._rank(label, (vector / norm).astype(np.float32), options, where))
+            by_keyword = job.result() if job is not None else None
+            results.append(self._rank(label, vector, by_keyword, options, where))
         return results
+
+    def _start_keyword_search(self, keyword, options: QueryOptions, where: str | None):
+        """The keyword ranking of one query, started in the background (None: not wanted)."""
+        from recall_cli.query.keyword import keyword_ranking
+
+        if keyword.empty or options.mode == "semantic":
+            return None
+        if self._keyword_pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._keyword_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recall-keyword")
+        pool = max(POOL_PER_RESULT * (options.offset + options.limit), POOL_MIN)
+        return self._keyword_pool.submit(keyword_ranking, self.store, keyword, pool, where)
+
+    def _query_vector(self, text: str, terms: list[tuple[float, str]], encoded: dict, like):
+        """sum(weight * term embedding) (+ the --like file), unit norm; None when nothing is embedded
+        (a query of names alone, or keyword mode)."""
+        if not terms and like is None:
+            return None
+        vector = sum((weight * encoded[term] for weight, term in terms), np.zeros(self.model.dim, np.float32))
+        if like is not None:
+            vector = vector + like
+        norm = float(np.linalg.norm(vector))
+        if norm < 1e-6:
+            raise RecallError(f"query {text!r}: the weighted terms cancel out")
+        return (vector / norm).astype(np.float32)
+
+    def _add_text_side(self) -> None:
+        """An index made before keyword search gains its text side on its first query, when it is
+        writable and nobody else is writing it; until then queries are answered by vectors alone."""
+        from recall_cli.storage.lock import WriterLock
+
+        if not os.access(self.db_dir, os.W_OK):
+            return
+        try:
+            if self.writes_locked:
+                self.store.add_text_side(_upgrade_progress())
+            else:
+                with WriterLock(self.db_dir, "query"):
+                    self.store.add_text_side(_upgrade_progress())
+        except RecallError as error:  # being written: that writer upgrades it
+            log.debug("keyword search not added yet: %s", error)
 
     def _like_vector(self, like: str):
         """Unit-norm full-depth embedding of a file given as the query (chunks averaged)."""
@@ -120,7 +190,31 @@ class Searcher:
         mean = vectors.mean(axis=0)
         return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
 
-    def _rank(self, text: str, vector, options: QueryOptions, where: str | None) -> list[dict]:
+    def _rank(self, text: str, vector, by_keyword: list[dict] | None, options, where: str | None) -> list[dict]:
+        """The results of one query: the vector ranking, the keyword ranking (`by_keyword`, None when
+        there is none), or both fused (query/keyword.py), as options.mode and the query allow."""
+        from recall_cli.query.keyword import fuse, with_similarity
+
+        use_vector = vector is not None and options.mode != "keyword"
+        if not use_vector and by_keyword is None:
+            wanted = "words to embed (or --like FILE)" if options.mode == "semantic" else "words to look up"
+            raise RecallError(f"query {text!r} has no {wanted} for --{options.mode}")
+        by_vector = self._vector_ranking(text, vector, options, where) if use_vector else []
+        by_keyword = with_similarity(by_keyword, vector) if by_keyword is not None else None
+        if use_vector and by_keyword is not None:
+            best = fuse([{**row, "similarity": row["score"]} for row in by_vector], by_keyword)
+        elif by_keyword is not None:
+            best = [{**row, "score": round(row["keyword_score"], 6)} for row in by_keyword]
+        else:
+            best = [{**row, "similarity": row["score"], "keyword_score": None} for row in by_vector]
+        if options.min_score is not None:
+            best = [row for row in best if row["similarity"] is not None and row["similarity"] >= options.min_score]
+        results = [_result(row) for row in best[options.offset : options.offset + options.limit]]
+        return [dict(query=text, rank=options.offset + rank, **row) for rank, row in enumerate(results, 1)]
+
+    def _vector_ranking(self, text: str, vector, options: QueryOptions, where: str | None) -> list[dict]:
+        """Files by their best unit's cosine: candidates of every exit group, the best refined
+        within the budget (early_exit/candidates.py, early_exit/refine.py)."""
         from recall_cli.early_exit import refine
         from recall_cli.early_exit.candidates import select_candidates
 
@@ -157,11 +251,7 @@ class Searcher:
                 report.skipped,
                 report.seconds * 1000,
             )
-        best = best_per_file(candidates)
-        if options.min_score is not None:
-            best = [row for row in best if row["score"] >= options.min_score]
-        results = best[options.offset : wanted]
-        return [dict(query=text, rank=options.offset + rank, **row) for rank, row in enumerate(results, 1)]
+        return best_per_file(candidates)
 
     def write_back(self) -> int:
         """Write the fine embeddings computed by the queries so far into the index (the rows
@@ -197,6 +287,21 @@ class Searcher:
             return 0
 
 
+def _upgrade_progress():
+    """A progress line on stderr while an old index gains its text side, when stderr is a terminal."""
+    import sys
+
+    if not sys.stderr.isatty():
+        return None
+
+    def show(done: int, total: int) -> None:
+        sys.stderr.write(f"\rrecall: adding keyword search: {done}/{total} rows")
+        if done >= total:
+            sys.stderr.write("\n")
+
+    return show
+
+
 def _encode_queries(model, texts: list[str]):
     """A few query texts are encoded on one CPU thread: as fast as two for a short input, never
     stalled by a busy second core, and the same numbers warm (watch server) and cold."""
@@ -210,6 +315,29 @@ def _encode_queries(model, texts: list[str]):
         return model.encode_texts(texts).cpu().numpy()
     finally:
         torch.set_num_threads(previous)
+
+
+RESULT_FIELDS = (
+    "path",
+    "score",
+    "similarity",
+    "keyword_score",
+    "modality",
+    "chunk",
+    "snippet",
+    "refined",
+    "exit_block",
+)
+
+
+def _result(row: dict) -> dict:
+    """What a result shows (output.py prints it), the same fields whichever side found it."""
+    result = {key: row.get(key) for key in RESULT_FIELDS}
+    result["refined"] = bool(result["refined"])
+    for key in ("similarity", "keyword_score"):
+        if result[key] is not None:
+            result[key] = round(float(result[key]), 6)
+    return result
 
 
 def best_per_file(rows: list[dict]) -> list[dict]:

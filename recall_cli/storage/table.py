@@ -4,12 +4,20 @@ Row key `id` is "<path>\\x1f<chunk>", so writing a file twice overwrites instead
 `vector` always holds the best embedding known for the unit: the coarse one from its exit block,
 or the fine (full-depth) one once refined (`refined` true, `exit_block == depth`).  `cache` holds
 the INT4 activation at the exit block for later refinement (empty when there is none).
+
+The text side, for keyword search (LanceDB's own full-text index, BM25): `words` holds the words
+of the path from the root down (names.py) and the unit's text; `name` the words of the file name
+alone (`name:WORD`).  Both are derived from the row itself on every write (`upsert`), so a moved
+or renamed file can never keep its old words.  An index made before they existed gains them in
+place (`add_text_side`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 os.environ.setdefault("LANCE_LOG", "error")  # lance's Rust logger warns on every new dataset
@@ -19,15 +27,40 @@ import numpy as np
 import pyarrow as pa
 
 from recall_cli.errors import REBUILD_HINT, RecallError, error_text, storage_error
+from recall_cli.names import name_words, path_words
 from recall_cli.paths import real_path, stored_path
 from recall_cli.storage.layout import TABLE_DIR, TABLE_NAME, directory_bytes
 from recall_cli.storage.sqlfilter import sql_in, sql_str
+
+log = logging.getLogger("recall")
 
 KEY_SEP = "\x1f"
 
 # Below this many rows a flat (exact) scan is fast enough (tens of ms); above it an IVF-HNSW index
 # is built.  See benchmarks/bench_ann.py for the measured crossover.
 ANN_MIN_ROWS = 50_000
+
+
+# Added to tables made before keyword search: upgradable in place, so not required by table_problem.
+TEXT_FIELDS = (pa.field("words", pa.string()), pa.field("name", pa.string()))
+TEXT_COLUMNS = tuple(field.name for field in TEXT_FIELDS)
+UPGRADE_BATCH = 2000  # rows per commit while an old table gains its text side
+
+
+def fts_config():
+    """How the text side is tokenised.  No stemming and no stop-word removal: one-word queries for
+    identifiers and rare words found their document at rank 1 0.954 of the time that way, 0.787 with
+    the English defaults (PLATFORM-NOTES, 300 docstrings); positions are kept for "exact phrases"."""
+    from lancedb.index import FTS
+
+    return FTS(with_position=True, base_tokenizer="simple", stem=False, remove_stop_words=False, ascii_folding=True)
+
+
+def text_side(row: dict) -> dict:
+    """The `words` and `name` of a row (real path, root and snippet), as stored."""
+    path, snippet = row["path"], row.get("snippet") or ""
+    words = path_words(path, row.get("root"))
+    return {"words": f"{words}\n{snippet}" if snippet else words, "name": name_words(path)}
 
 
 def unit_id(path: str, chunk: int) -> str:
@@ -44,6 +77,7 @@ def units_schema(dim: int) -> pa.Schema:
             pa.field("chunk", pa.int32()),
             pa.field("modality", pa.string()),
             pa.field("snippet", pa.string()),
+            *TEXT_FIELDS,
             pa.field("size", pa.int64()),
             pa.field("mtime_ns", pa.int64()),
             pa.field("model", pa.string()),
@@ -65,7 +99,7 @@ def table_problem(schema: pa.Schema, dim: int | None) -> str | None:
     """What makes a units table unusable for an index whose model makes `dim`-dimensional
     vectors (None: any), or None.  Extra columns are harmless and allowed."""
     expected = units_schema(dim or 1)
-    missing = [field.name for field in expected if field.name not in schema.names]
+    missing = [field.name for field in expected if field.name not in schema.names and field.name not in TEXT_COLUMNS]
     if missing:
         return f"its vector table lacks the column{'s' * (len(missing) > 1)} {', '.join(missing)}"
     vector = schema.field("vector").type
@@ -74,7 +108,7 @@ def table_problem(schema: pa.Schema, dim: int | None) -> str | None:
     if dim is not None and vector.list_size != dim:
         return f"its vectors have {vector.list_size} dimensions but the index's model makes {dim}"
     for field in expected:
-        if field.name != "vector" and schema.field(field.name).type != field.type:
+        if field.name in schema.names and field.name != "vector" and schema.field(field.name).type != field.type:
             return f"its column {field.name} holds {schema.field(field.name).type}, not {field.type}"
     return None
 
@@ -106,6 +140,7 @@ class Store:
                 ) from None
         elif dim is not None:
             self.table = self.db.create_table(TABLE_NAME, schema=units_schema(dim))
+            self.ensure_text_indexes()
         else:
             self.table = None
         self.schema = self.table.schema if self.table is not None else None
@@ -139,6 +174,8 @@ class Store:
         commit, so a crash never leaves a file half old and half new."""
         if not rows:
             return
+        if all(name in self.schema.names for name in TEXT_COLUMNS):
+            rows = [{**row, **text_side(row)} for row in rows]
         data = pa.Table.from_pylist([_to_stored(row) for row in rows], schema=self.schema)
         merge = self.table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
         whole_files = list(whole_files)
@@ -179,6 +216,67 @@ class Store:
             _from_stored(row)
         return rows
 
+    def keyword_search(self, query, limit: int, where: str | None = None, extra: tuple = ()) -> list[dict]:
+        """Rows matching a full-text query (a lancedb FTS query object), best BM25 first, with that
+        score as `keyword_score`; [] when the table has no text side yet."""
+        if not self.has_text_side:
+            return []
+        search = self.table.search(query, query_type="fts").limit(limit)
+        if where:
+            search = search.where(where, prefilter=True)
+        columns = ["path", "chunk", "modality", "snippet", "exit_block", "depth", "refined", "mtime_ns", *extra]
+        found = search.select([*columns, "_score"]).to_arrow()
+        if not len(found):
+            return []
+        vectors = None
+        if "vector" in found.column_names:  # as one numpy array: a list of floats per row costs ~1 ms
+            column = found.column("vector").combine_chunks()
+            vectors = column.values.to_numpy().reshape(len(found), -1)
+            found = found.drop_columns(["vector"])
+        rows = found.to_pylist()
+        for index, row in enumerate(rows):
+            row["keyword_score"] = row.pop("_score")
+            if vectors is not None:
+                row["vector"] = vectors[index]
+            _from_stored(row)
+        return rows
+
+    @property
+    def has_text_side(self) -> bool:
+        """Whether the table has its text columns (read live: another process may have added them)."""
+        return self.table is not None and all(name in self.table.schema.names for name in TEXT_COLUMNS)
+
+    def add_text_side(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """Upgrade in place: give a table made before keyword search its text columns, filled from
+        each row, and their full-text indexes.  Resumable (rows still without words are filled
+        next time); the caller holds the writer lock.  Returns the rows filled."""
+        started = time.perf_counter()
+        log.info("adding keyword search to the index (once: %d rows)", self.count())
+        missing = [field for field in TEXT_FIELDS if field.name not in self.schema.names]
+        if missing:
+            self.table.add_columns(pa.schema(missing))
+            self.schema = self.table.schema
+        todo = self.table.search().where("words IS NULL").select(["id", "path", "root", "snippet"]).limit(None)
+        rows = [_from_stored(row) for row in todo.to_arrow().to_pylist()]
+        for start in range(0, len(rows), UPGRADE_BATCH):
+            batch = [{"id": stored_path(row["id"]), **text_side(row)} for row in rows[start : start + UPGRADE_BATCH]]
+            self.table.merge_insert("id").when_matched_update_all().execute(pa.Table.from_pylist(batch))
+            if progress:
+                progress(min(start + UPGRADE_BATCH, len(rows)), len(rows))
+        self.ensure_text_indexes()
+        log.info("keyword search added in %.1f s", time.perf_counter() - started)
+        return len(rows)
+
+    def ensure_text_indexes(self) -> None:
+        """The full-text indexes of the text side, created when missing.  Rows written after an
+        index was built are still searched (unindexed rows are scanned); `maintain` folds them in."""
+        if not self.has_text_side:
+            return
+        indexed = {column for index in self.table.list_indices() for column in index.columns}
+        for column in TEXT_COLUMNS:
+            if column not in indexed:
+                self.table.create_index(column, config=fts_config(), replace=True)
+
     def disk_bytes(self) -> int:
         return directory_bytes(Path(self.db.uri))
 
@@ -187,7 +285,8 @@ class Store:
         index once the table is large enough for it to pay."""
         from datetime import timedelta
 
-        self.table.optimize(cleanup_older_than=timedelta(minutes=10))
+        self.ensure_text_indexes()
+        self.table.optimize(cleanup_older_than=timedelta(minutes=10))  # folds new rows into every index
         rows = self.table.count_rows()
         has_vector_index = any("vector" in index.columns for index in self.table.list_indices())
         if rows >= ANN_MIN_ROWS and not has_vector_index:
