@@ -102,7 +102,8 @@ def run_measured(command: list[str], stdin: str | None = None, env: dict | None 
         input=stdin,
         capture_output=True,
         text=True,
-        env=dict(os.environ, **(env or {})),
+        # no query server left behind to answer a later measurement warm (unless asked for)
+        env={**os.environ, "RECALL_SERVER_AUTOSTART": "0", **(env or {})},
     )
     measured = json.loads(done.stderr.strip().splitlines()[-1])
     measured["stdout"] = done.stdout

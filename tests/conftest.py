@@ -15,6 +15,8 @@ from recall_cli.cli.commands import app
 REPO = Path(__file__).resolve().parent.parent
 
 os.environ.setdefault("RECALL_DEVICE", "cpu")
+# a query would leave a query server running per test index: only the tests of that feature want one
+os.environ.setdefault("RECALL_SERVER_AUTOSTART", "0")
 
 
 class Cli:

@@ -7,6 +7,7 @@ results go to stdout, everything else to stderr.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Optional
@@ -15,7 +16,18 @@ import typer
 
 from recall_cli import __version__
 from recall_cli.cli.guard import EXIT_NO_RESULTS, EXIT_OK, EXIT_PARTIAL, run_guarded, setup_logging
+from recall_cli.cli.params import (
+    DbOption,
+    DeviceOption,
+    ExcludeOption,
+    FollowOption,
+    HiddenOption,
+    ModelOption,
+    NoIgnoreOption,
+    WeightsOption,
+)
 from recall_cli.cli.reports import format_heal, report_index
+from recall_cli.cli.server_commands import server_app
 from recall_cli.errors import RecallError
 
 app = typer.Typer(
@@ -26,24 +38,7 @@ app = typer.Typer(
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
 )
-
-# Options that several commands take, declared once so that their spelling and help cannot drift.
-ModelOption = typer.Option(None, "--model", "-m", help="Embedding model for a new index: minilm, imagebind-huge.")
-DeviceOption = typer.Option(None, "--device", help="auto, cpu, cuda or mps.")
-WeightsOption = typer.Option(None, "--weights", help="Model weights file or folder (manual placement).")
-HiddenOption = typer.Option(False, "--hidden", help="Include hidden files and directories.")
-NoIgnoreOption = typer.Option(
-    False, "--no-ignore", help="Disregard .gitignore/.ignore/.recallignore and the OS-junk list."
-)
-ExcludeOption = typer.Option(
-    [], "--exclude", "-x", help="Skip paths matching this gitignore-style glob (repeatable).", metavar="GLOB"
-)
-FollowOption = typer.Option(
-    False, "--follow", "-L", help="Follow symlinks that lead out of the indexed directories (never by default)."
-)
-DbOption = typer.Option(
-    None, "--db", help="Index directory (default: $RECALL_DB, else the per-user data dir).", metavar="DIR"
-)
+app.add_typer(server_app, name="server")
 
 
 def version_callback(value: bool) -> None:
@@ -181,6 +176,9 @@ def query(
     nul: bool = typer.Option(False, "-0", "--null", help="Paths only, NUL-separated (for xargs -0)."),
     db: Optional[Path] = DbOption,
     device: Optional[str] = DeviceOption,
+    no_server: bool = typer.Option(
+        False, "--no-server", help="Answer in this process: neither ask a query server nor leave one running."
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="More detail."),
 ) -> None:
     """Search the index by meaning and by words at once (both rankings fused; --semantic or
@@ -218,11 +216,16 @@ def query(
         db_dir = resolve_db(db)
         # a running server answers with its model already loaded (no torch/lancedb here); a query
         # that names a device wants the model here
-        per_query = None if device else warm_query(db_dir, texts, options)
+        local = bool(device) or no_server
+        per_query = None if local else warm_query(db_dir, texts, options)
         searcher = None
         if per_query is None:
             from recall_cli.query.search import Searcher
 
+            if not local:  # a server for the next query, loading while this one is answered here
+                from recall_cli.query.ondemand import start_in_background
+
+                start_in_background(db_dir)
             searcher = Searcher(db_dir, device=device)
             per_query = searcher.search(texts, options)
         write_results(per_query, fmt)
@@ -350,7 +353,6 @@ def heal(
     setup_logging(False, verbose)
 
     def action():
-        import json
 
         from recall_cli.cli.progress import heal_progress
         from recall_cli.early_exit.heal import HealOptions

@@ -16,7 +16,7 @@ def fast_query(argv: list[str]) -> int | None:
     import sys
 
     parsed = parse_query_argv(argv)
-    if parsed is None or os.environ.get(NO_SERVER_ENV, "") not in ("", "0"):
+    if parsed is None or "no_server" in parsed["flags"] or os.environ.get(NO_SERVER_ENV, "") not in ("", "0"):
         return None
     from recall_cli.storage.layout import resolve_db
 

@@ -57,7 +57,11 @@ def format_stats(stats: dict) -> str:
     ]
     for modality, entry in sorted(stats["by_modality"].items()):
         lines.append(f"  {modality:<10} {entry['files']} files, {entry['units']} units")
-    lines.append(f"disk         {human_bytes(stats['disk_bytes'])}")
+    table = stats["table"]
+    lines.append(
+        f"disk         {human_bytes(stats['disk_bytes'])} (table {human_bytes(table['bytes'])}: "
+        f"{table['versions']} versions, {table['data_files']} data files)"
+    )
     ee = stats.get("early_exit")
     if ee and ee["units"]:
         mode = "full depth (--full)" if ee["full_depth_index"] else "early exit"
@@ -99,3 +103,15 @@ def human_bytes(count: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{value:.1f} GiB"
+
+
+def format_server_status(status: dict) -> str:
+    return "\n".join(
+        [
+            f"server       pid {status['pid']} ({status['kind']})",
+            f"index        {display_path(status['index'])}",
+            f"uptime       {status['uptime_s']:.0f} s",
+            f"queries      {status['queries']}",
+            f"memory       {status['memory_mib']:.0f} MiB",
+        ]
+    )

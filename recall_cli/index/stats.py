@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from recall_cli.paths import json_safe
-from recall_cli.storage.layout import directory_bytes
+from recall_cli.storage.layout import directory_bytes, table_files
 from recall_cli.storage.manifest import SCHEMA_VERSION, Manifest
 
 
@@ -26,6 +26,7 @@ def collect_stats(db_dir: Path) -> dict:
             "by_modality": counts["by_modality"],
             "units": sum(entry["units"] for entry in counts["by_modality"].values()),
             "disk_bytes": directory_bytes(db_dir),
+            "table": table_files(db_dir),
             "last_index_at": float(last) if last else None,
             "failures": [json_safe({"path": path, "error": error}) for path, error in manifest.failures()],
             "early_exit": early_exit_stats(manifest),

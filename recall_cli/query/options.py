@@ -137,6 +137,7 @@ FLAGS = {
     "--no-refine": "no_refine",
     "--semantic": "semantic",
     "--keyword": "keyword",
+    "--no-server": "no_server",
 }
 VALUES = {
     "-n": "limit",

@@ -25,13 +25,24 @@ from __future__ import annotations
 import json
 import os
 import socket
+import struct
+import sys
+import threading
+import time
 
 from recall_cli.query.options import QueryOptions
-from recall_cli.storage.layout import SOCKET_NAME
+from recall_cli.storage.layout import SERVER_LOCK, SOCKET_NAME
 
 PROTOCOL = 1
 NO_SERVER_ENV = "RECALL_NO_SERVER"  # set to 1: never use a running watcher (benchmarks, debugging)
 _MAX_UNIX_PATH = 100  # sun_path is 108 bytes on Linux, 104 on macOS
+MAX_REQUEST_BYTES = 1 << 20  # a query request is a few hundred bytes; anything near this is not one
+TAKEOVER_WAIT_S = 5.0  # how long `recall watch` waits for an on-demand server to hand over
+# An on-demand server compacts the table (merging the small fragments and dropping the old versions
+# that write-backs leave) at most this often, when idle: otherwise an index queried every day
+# would grow version files without end.  `recall watch` and `recall index` compact on their own.
+COMPACT_EVERY_S = 600.0
+COMPACT_WHEN_IDLE_S = 2.0
 
 
 def socket_path(db_dir) -> str:
@@ -107,29 +118,69 @@ def warm_query(db_dir, texts: list[str], options: QueryOptions) -> list[list[dic
     return reply["results"]
 
 
-# --- server side (runs inside `recall watch`) ----------------------------------------------------
+# --- server side (inside `recall watch`, or on its own: query/ondemand.py) -----------------------
+
+
+class ServerRunning(Exception):
+    """Another query server holds the index's server lock."""
+
+
+def peer_uid(conn: socket.socket) -> int | None:
+    """The user id of the process at the other end of a Unix socket; None where the platform does
+    not say (the socket's 0600 mode in the 0700 index directory still keeps others out)."""
+    if hasattr(socket, "SO_PEERCRED"):  # Linux: struct ucred {pid, uid, gid}
+        return struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[1]
+    if sys.platform == "darwin":  # LOCAL_PEERCRED: struct xucred {version, uid, ngroups, groups[16]}
+        return struct.unpack_from("2I", conn.getsockopt(0, 0x001, struct.calcsize("2Ih16I")))[1]
+    return None
+
+
+def _rss_mib() -> float:
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 class QueryServer:
     """Answers requests one at a time on a background thread, with a Searcher built once (the
-    model stays loaded) and refreshed to the table's latest version before every query."""
+    model stays loaded) and refreshed to the table's latest version before every query.
 
-    def __init__(self, db_dir, status=None, device: str | None = None, weights: str | None = None):
+    One per index (the server lock): inside `recall watch` (`on_demand` False: the watcher holds
+    the writer lock, and stops it with itself), or started by a query and left running until it
+    is idle (`on_demand` True: it takes the writer lock only to write back, like a query)."""
+
+    def __init__(
+        self, db_dir, status=None, device: str | None = None, weights: str | None = None, on_demand: bool = False
+    ):
         self.db_dir = db_dir
         self.path = socket_path(db_dir)
         self.status = status or (lambda: {})
         self.device, self.weights = device, weights
+        self.on_demand = on_demand
+        self.queries = 0
+        self.started = time.time()
+        self.last_request = time.monotonic()
+        self.stop_requested = threading.Event()
         self._searcher = None
         self._sock = None
         self._thread = None
         self._closing = False
         self._inode = None
+        self._lock = None
+        self.writes_since_compaction = 0
+        self.last_compaction = time.monotonic()
 
     def start(self) -> None:
-        import threading
-
+        """Take the server lock (an on-demand server that holds it is asked to hand over to a
+        watcher; another on-demand start gives up: ServerRunning), then listen."""
+        self._lock = self._take_lock()
         try:
-            os.unlink(self.path)  # a socket left by a killed watcher (we hold the writer lock)
+            os.unlink(self.path)  # a socket left by a killed server (we hold the server lock)
         except FileNotFoundError:
             pass
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -147,10 +198,37 @@ class QueryServer:
         self._thread = threading.Thread(target=self._serve, name="recall-query-server", daemon=True)
         self._thread.start()
 
-    def warm_up(self) -> None:
-        """Load the model (and open the table) now, so the first query is warm too."""
+    def _take_lock(self):
+        import fcntl
+
+        handle = open(os.path.join(os.fspath(self.db_dir), SERVER_LOCK), "a+")  # noqa: SIM115 - held open: it is the lock
+        deadline = time.monotonic() + TAKEOVER_WAIT_S
+        asked = False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return handle
+            except BlockingIOError:
+                if self.on_demand or time.monotonic() > deadline:
+                    handle.close()
+                    raise ServerRunning(f"a query server is already running for {self.db_dir}") from None
+                if not asked:  # a watcher takes over from an on-demand server
+                    request(self.db_dir, {"op": "stop"}, timeout=TAKEOVER_WAIT_S)
+                    asked = True
+                time.sleep(0.05)
+
+    def socket_is_ours(self) -> bool:
+        """False once the socket was removed or replaced (the index deleted or rebuilt)."""
         try:
-            self._get_searcher()
+            return os.stat(self.path).st_ino == self._inode
+        except OSError:
+            return False
+
+    def warm_up(self) -> None:
+        """Load the model, open the table and run one search now (it reads the full-text indexes
+        and the vectors into memory), so that the first real query is warm too."""
+        try:
+            self._get_searcher().search(["warm-up"], QueryOptions(limit=1, refine="off"))
         except Exception:  # empty index: built on the first query instead
             pass
 
@@ -165,13 +243,16 @@ class QueryServer:
                 os.unlink(self.path)
         except OSError:
             pass
+        if self._lock is not None:
+            self._lock.close()  # releases the server lock
+            self._lock = None
 
     def _get_searcher(self):
         if self._searcher is None:
             from recall_cli.query.search import Searcher
 
             self._searcher = Searcher(self.db_dir, device=self.device, weights=self.weights)
-            self._searcher.writes_locked = True  # the watcher holds the writer lock
+            self._searcher.writes_locked = not self.on_demand  # a watcher holds the writer lock
         return self._searcher
 
     def _serve(self) -> None:
@@ -179,6 +260,8 @@ class QueryServer:
             try:
                 conn, _ = self._sock.accept()
             except TimeoutError:
+                if self.on_demand and self.compaction_due():
+                    self.compact()
                 continue
             except OSError:
                 if self._closing:
@@ -192,22 +275,69 @@ class QueryServer:
 
     def _handle(self, conn) -> None:
         conn.settimeout(10)
-        data = b""
-        while not data.endswith(b"\n"):
+        data = b""  # read (at most the limit) before any reply: unread data would reset the connection
+        while not data.endswith(b"\n") and len(data) <= MAX_REQUEST_BYTES:
             chunk = conn.recv(1 << 16)
             if not chunk:
                 break
             data += chunk
+        uid = peer_uid(conn)
+        if uid is not None and uid != os.getuid():
+            self._reply(conn, {"ok": False, "error": "refused: this query server answers its owner only", "exit": 2})
+            return
+        self.last_request = time.monotonic()
+        if len(data) > MAX_REQUEST_BYTES:
+            self._reply(conn, {"ok": False, "error": "request too large", "exit": 2})
+            return
         try:
             payload = json.loads(data)
         except ValueError:
+            payload = None
+        if not isinstance(payload, dict):
+            self._reply(conn, {"ok": False, "error": "bad request: not a JSON object", "exit": 2})
             return
-        reply = self.answer(payload)
+        self._reply(conn, self.answer(payload))
+        conn.close()  # the client has its answer; now write back what the query refined
+        if self._searcher is not None and self._searcher.write_back():
+            self.writes_since_compaction += 1
+        self.last_request = time.monotonic()  # idle time counts from the end of the work
+
+    def compaction_due(self) -> bool:
+        now = time.monotonic()
+        return (
+            self.writes_since_compaction > 0
+            and now - self.last_request >= COMPACT_WHEN_IDLE_S
+            and now - self.last_compaction >= COMPACT_EVERY_S
+        )
+
+    def compact(self) -> bool:
+        """Compact the table under the writer lock, if nobody else is writing (then next time)."""
+        from recall_cli.errors import RecallError
+        from recall_cli.storage.lock import WriterLock
+
+        self.last_compaction = time.monotonic()
+        try:
+            with WriterLock(self.db_dir, "query server (compacting)"):
+                self._get_searcher().store.maintain()
+        except RecallError:  # another writer: it compacts, or we do next time
+            return False
+        self.writes_since_compaction = 0
+        return True
+
+    @staticmethod
+    def _reply(conn, reply: dict) -> None:
         # ASCII escapes: file names that are not UTF-8 travel as lone surrogates, restored by json.loads
         conn.sendall(json.dumps(dict(reply, protocol=PROTOCOL)).encode())
-        conn.close()  # the client has its answer; now write back what the query refined
-        if self._searcher is not None:
-            self._searcher.write_back()
+
+    def server_status(self) -> dict:
+        return {
+            "pid": os.getpid(),
+            "index": os.fspath(self.db_dir),
+            "kind": "on-demand" if self.on_demand else "recall watch",
+            "uptime_s": round(time.time() - self.started, 1),
+            "queries": self.queries,
+            "memory_mib": round(_rss_mib(), 1),
+        }
 
     def answer(self, payload: dict) -> dict:
         from recall_cli.errors import RecallError
@@ -215,7 +345,12 @@ class QueryServer:
         if payload.get("protocol") != PROTOCOL or payload.get("version") not in (None, _version()):
             return {"ok": False, "mismatch": True, "error": "protocol or version mismatch"}
         if payload.get("op") == "status":
-            return {"ok": True, "status": self.status()}
+            return {"ok": True, "status": {**self.status(), "server": self.server_status()}}
+        if payload.get("op") == "stop":
+            if not self.on_demand:
+                return {"ok": False, "error": "this server stops with its `recall watch`", "exit": 2}
+            self.stop_requested.set()
+            return {"ok": True}
         if payload.get("op") != "query":
             return {"ok": False, "error": f"unknown op {payload.get('op')!r}", "exit": 2}
         try:
@@ -225,14 +360,16 @@ class QueryServer:
         try:
             searcher = self._get_searcher()
             searcher.store.table.checkout_latest()  # see what the watcher wrote since
-            return {"ok": True, "results": searcher.search(list(payload["texts"]), options)}
+            results = searcher.search(list(payload["texts"]), options)
+            self.queries += 1
+            return {"ok": True, "results": results}
         except RecallError as error:
             self._searcher = None  # e.g. empty index: try again next time
             return {"ok": False, "error": str(error), "exit": error.exit_code}
         except Exception as error:  # never a crash: the client gets one line
             return {
                 "ok": False,
-                "error": f"unexpected error in the watcher: {type(error).__name__}: "
+                "error": f"unexpected error in the query server: {type(error).__name__}: "
                 f"{(str(error).splitlines() or [''])[0]}",
                 "exit": 2,
             }

@@ -10,6 +10,7 @@ names them; everything else asks it for a path.
       write.lock              held by the one writer (`index`, `watch`, `heal`, a query's write-back)
       heal.lock               held while `recall heal` trains (a second heal waits or is refused)
       query.sock              the warm query server's Unix socket (0600), while one runs
+      server.lock             held by the one query server of the index (on-demand or `recall watch`)
       predictor.safetensors   the exit predictor of every modality (written by `heal`)
       adapters/CURRENT        the number of the healed version in use
       adapters/v<N>/          one healed version: lora.safetensors, heads.safetensors, heal.json
@@ -28,6 +29,7 @@ TABLE_DIR = f"{TABLE_NAME}.lance"  # named here so that the manifest can check i
 LOCK_NAME = "write.lock"
 HEAL_LOCK = "heal.lock"
 SOCKET_NAME = "query.sock"
+SERVER_LOCK = "server.lock"
 PREDICTOR_FILE = "predictor.safetensors"
 ADAPTERS_DIR = "adapters"
 CURRENT_FILE = "CURRENT"  # inside ADAPTERS_DIR
@@ -116,3 +118,21 @@ def directory_bytes(path: Path) -> int:
             except OSError:
                 pass
     return total
+
+
+def table_files(db_dir: Path) -> dict:
+    """Versions, data files (fragments) and bytes of the units table, read from its directory (no
+    lancedb): every commit adds a version, and only compaction removes old ones."""
+    table = Path(db_dir) / TABLE_DIR
+
+    def count(folder: str, suffix: str) -> int:
+        try:
+            return sum(name.endswith(suffix) for name in os.listdir(table / folder))
+        except OSError:
+            return 0
+
+    return {
+        "versions": count("_versions", ".manifest"),
+        "data_files": count("data", ".lance"),
+        "bytes": directory_bytes(table),
+    }

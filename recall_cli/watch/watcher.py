@@ -173,12 +173,17 @@ class Watcher:
     def _start_server(self) -> None:
         if not self.options.serve:
             return
-        from recall_cli.query.server import QueryServer  # lazy: --no-serve never pays for it
+        from recall_cli.query.server import QueryServer, ServerRunning  # lazy: --no-serve never pays for it
 
-        self._server = QueryServer(
+        server = QueryServer(
             self.db_dir, status=self.status, device=self.options.index.device, weights=self.options.index.weights
         )
-        self._server.start()
+        try:
+            server.start()  # an on-demand server of this index hands over first
+        except ServerRunning as error:
+            self.emit("warning", f"not serving queries: {error}")
+            return
+        self._server = server
 
     def _announce(self) -> None:
         mode = self.observers.mode

@@ -1,0 +1,94 @@
+"""The on-demand query server, the way build and language servers work: the first `recall query`
+that finds no server starts a detached one for its index (it loads the model while that query is
+answered in-process, so that the next query finds it ready); later queries go through it (one
+socket round trip, the model already loaded).  The server is the same QueryServer that `recall
+watch` runs, on its own, and it goes away by itself:
+
+* after RECALL_SERVER_IDLE seconds without a query (default DEFAULT_IDLE_S);
+* on `recall server stop`, or when a `recall watch` of the index takes over;
+* when the index is removed or rebuilt (its directory or its socket replaced: a rebuilt index
+  may use another model, which this server must never answer for).
+
+RECALL_SERVER_AUTOSTART=0 turns auto-start off (no resident process); RECALL_NO_SERVER=1 or
+`recall query --no-server` keeps a query away from any server.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+AUTOSTART_ENV = "RECALL_SERVER_AUTOSTART"
+IDLE_ENV = "RECALL_SERVER_IDLE"
+DEFAULT_IDLE_S = 300.0  # a few minutes: a shell loop or an editor session, not a day
+CHECK_EVERY_S = 0.5
+
+
+def idle_seconds(requested: float | None = None) -> float:
+    if requested is not None:
+        return requested
+    try:
+        return float(os.environ.get(IDLE_ENV, DEFAULT_IDLE_S))
+    except ValueError:
+        return DEFAULT_IDLE_S
+
+
+def autostart_enabled() -> bool:
+    from recall_cli.query.server import NO_SERVER_ENV
+
+    off = ("0", "no", "off", "false")
+    return os.environ.get(AUTOSTART_ENV, "1").lower() not in off and os.environ.get(NO_SERVER_ENV, "") in ("", "0")
+
+
+def start_in_background(db_dir: Path) -> None:
+    """Leave a detached server behind for `db_dir` (it exits at once if one is already running)."""
+    from recall_cli.storage.layout import MANIFEST_NAME
+
+    if not autostart_enabled() or not (Path(db_dir) / MANIFEST_NAME).exists():
+        return
+    subprocess.Popen(
+        [sys.executable, "-m", "recall_cli", "server", "run", "--db", os.fspath(db_dir)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # not the terminal's: Ctrl-C and a closed shell leave it alone
+        close_fds=True,
+    )
+
+
+def run_server(db_dir: Path, idle_s: float | None = None) -> int:
+    """Serve `db_dir` in this process until idle, stopped, or the index is gone (`recall server
+    run`).  Returns 0, also when another server already serves it."""
+    import signal
+
+    from recall_cli.query.server import QueryServer, ServerRunning
+
+    idle = idle_seconds(idle_s)
+    identity = _index_identity(db_dir)
+    server = QueryServer(db_dir, on_demand=True)
+    try:
+        server.start()
+    except ServerRunning:
+        return 0
+    signal.signal(signal.SIGTERM, lambda *_: server.stop_requested.set())
+    try:
+        server.warm_up()
+        while not server.stop_requested.wait(CHECK_EVERY_S):
+            quiet = time.monotonic() - server.last_request
+            if quiet > idle or _index_identity(db_dir) != identity or not server.socket_is_ours():
+                break
+    finally:
+        server.close()
+    return 0
+
+
+def _index_identity(db_dir: Path) -> tuple | None:
+    """What changes when the index is removed or rebuilt (rebuild swaps in a new directory)."""
+    try:
+        info = os.stat(db_dir)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
