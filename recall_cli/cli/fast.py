@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 from recall_cli.query.options import options_from_argv, parse_query_argv, read_queries
-from recall_cli.query.server import NO_SERVER_ENV, socket_path, warm_query
+from recall_cli.query.server import servers_off, socket_path, warm_query
 
 
 def fast_query(argv: list[str]) -> int | None:
@@ -16,7 +16,7 @@ def fast_query(argv: list[str]) -> int | None:
     import sys
 
     parsed = parse_query_argv(argv)
-    if parsed is None or "no_server" in parsed["flags"] or os.environ.get(NO_SERVER_ENV, "") not in ("", "0"):
+    if parsed is None or "no_server" in parsed["flags"] or servers_off():
         return None
     from recall_cli.storage.layout import resolve_db
 

@@ -82,5 +82,9 @@ def fuse(vector_ranked: list[dict], keyword_ranked: list[dict]) -> list[dict]:
         for rank, row in enumerate(ranking, 1):
             rrf[row["path"]] += 1.0 / (RRF_K + rank)
     best_possible = 2.0 / (RRF_K + 1)
-    ordered = sorted(fused.values(), key=lambda row: (-rrf[row["path"]], -(row.get("similarity") or -1.0)))
+
+    def similarity(row: dict) -> float:  # ties go to the closer meaning; unknown counts as farthest
+        return -1.0 if row.get("similarity") is None else row["similarity"]
+
+    ordered = sorted(fused.values(), key=lambda row: (-rrf[row["path"]], -similarity(row)))
     return [{**row, "score": round(rrf[row["path"]] / best_possible, 6)} for row in ordered]

@@ -37,10 +37,9 @@ def idle_seconds(requested: float | None = None) -> float:
 
 
 def autostart_enabled() -> bool:
-    from recall_cli.query.server import NO_SERVER_ENV
+    from recall_cli.query.server import servers_off
 
-    off = ("0", "no", "off", "false")
-    return os.environ.get(AUTOSTART_ENV, "1").lower() not in off and os.environ.get(NO_SERVER_ENV, "") in ("", "0")
+    return os.environ.get(AUTOSTART_ENV, "1").lower() not in ("0", "no", "off", "false") and not servers_off()
 
 
 def start_in_background(db_dir: Path) -> None:

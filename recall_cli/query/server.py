@@ -45,6 +45,11 @@ COMPACT_EVERY_S = 600.0
 COMPACT_WHEN_IDLE_S = 2.0
 
 
+def servers_off() -> bool:
+    """RECALL_NO_SERVER set (and not 0): queries neither ask a server nor start one."""
+    return os.environ.get(NO_SERVER_ENV, "") not in ("", "0")
+
+
 def socket_path(db_dir) -> str:
     return os.path.join(os.fspath(db_dir), SOCKET_NAME)
 
@@ -104,7 +109,7 @@ def request(db_dir, payload: dict, timeout: float = 300.0) -> dict | None:
 
 def warm_query(db_dir, texts: list[str], options: QueryOptions) -> list[list[dict]] | None:
     """Results from the running server, or None (no server: load the model here)."""
-    if os.environ.get(NO_SERVER_ENV, "") not in ("", "0"):
+    if servers_off():
         return None
     reply = request(db_dir, {"op": "query", "texts": texts, **options.to_request()})
     if reply is None:

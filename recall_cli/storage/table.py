@@ -117,6 +117,7 @@ class Store:
     def __init__(self, db_dir: Path, dim: int | None = None):
         """Open the units table; create it when `dim` is given and it does not exist yet."""
         self.db_dir = Path(db_dir)
+        self._text_side = False  # see has_text_side
         self.db = lancedb.connect(str(db_dir))
         existing = self.db.list_tables().tables
         if TABLE_NAME in existing and not _committed(self.db_dir):
@@ -243,8 +244,11 @@ class Store:
 
     @property
     def has_text_side(self) -> bool:
-        """Whether the table has its text columns (read live: another process may have added them)."""
-        return self.table is not None and all(name in self.table.schema.names for name in TEXT_COLUMNS)
+        """Whether the table has its text columns: read live until they are there (another process
+        may add them), then remembered (they are never removed), so a query reads the schema once."""
+        if not self._text_side:
+            self._text_side = self.table is not None and all(name in self.table.schema.names for name in TEXT_COLUMNS)
+        return self._text_side
 
     def add_text_side(self, progress: Callable[[int, int], None] | None = None) -> int:
         """Upgrade in place: give a table made before keyword search its text columns, filled from
