@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from recall_cli.models import load_model
-from recall_cli.models.minilm.model import WINDOW, default_weights_dir
+from recall_cli.models.minilm.light import WINDOW, default_weights_dir
 
 SENTENCES = [
     "A red kayak on a calm lake at sunset.",
@@ -57,3 +57,18 @@ def test_batch_padding_does_not_change_embeddings(minilm):
     alone = minilm.encode_texts([SENTENCES[0]])
     padded = minilm.encode_texts([SENTENCES[0], SENTENCES[3]])[:1]
     assert torch.allclose(alone, padded, atol=1e-5)
+
+
+def test_light_query_encoder_gives_the_torch_encoders_vectors(minilm):
+    """The numpy query encoder a cold query uses instead of importing torch: same vectors within
+    float32 rounding, alone and in a padded batch, long (truncated) and non-ASCII texts included."""
+    from recall_cli.models import load_query_encoder
+
+    light = load_query_encoder("minilm")
+    texts = [*SENTENCES, "naïve café in 東京 — ünïcödé", "a", ""]
+    expected = minilm.encode_texts(texts).numpy()
+    together = light.encode_texts(texts)
+    alone = [light.encode_texts([text])[0] for text in texts]
+    assert light.version == minilm.version and light.dim == minilm.dim
+    assert abs(together - expected).max() < 1e-5
+    assert abs(alone - expected).max() < 1e-5

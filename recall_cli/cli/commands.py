@@ -222,13 +222,15 @@ def query(
         if per_query is None:
             from recall_cli.query.search import Searcher
 
-            if not local:  # a server for the next query, loading while this one is answered here
-                from recall_cli.query.ondemand import start_in_background
-
-                start_in_background(db_dir)
             searcher = Searcher(db_dir, device=device)
             per_query = searcher.search(texts, options)
         write_results(per_query, fmt)
+        if searcher is not None and not local:
+            # a server for the next query, started once this one is answered: loading beside it
+            # would take the CPU the answer needs
+            from recall_cli.query.ondemand import start_in_background
+
+            start_in_background(db_dir)
         if searcher is not None:  # results first, then make the index more exact
             searcher.write_back()
         return EXIT_OK if any(per_query) else EXIT_NO_RESULTS

@@ -22,6 +22,12 @@ TEST_REGISTRY: dict[str, str] = {
     "imagebind-test": "recall_cli.models.imagebind.factory:load_imagebind_test",
 }
 
+# name -> "module:factory" of a light query encoder: the same full-depth text embedding without
+# torch (factory takes weights=None), so that a cold query need not import it.
+QUERY_ENCODERS: dict[str, str] = {
+    "minilm": "recall_cli.models.minilm.light:load_light_minilm",
+}
+
 DEFAULT_MODEL = "minilm"
 
 # What each model can embed, known without loading it (the indexer uses this to skip files early).
@@ -60,3 +66,16 @@ def build_model(name: str, device: str | None, dtype: str | None, weights):
     module_name, factory_name = target.split(":")
     factory = getattr(importlib.import_module(module_name), factory_name)
     return factory(device=device, dtype=dtype, weights=weights)
+
+
+def load_query_encoder(name: str, weights=None):
+    """The model's light query encoder (loaded once per process), or None when it has none: then
+    query texts are embedded by the model itself."""
+    target = QUERY_ENCODERS.get(name)
+    if target is None:
+        return None
+    key = ("query-encoder", name, str(weights) if weights else None)
+    if key not in _LOADED:
+        module_name, factory_name = target.split(":")
+        _LOADED[key] = getattr(importlib.import_module(module_name), factory_name)(weights=weights)
+    return _LOADED[key]

@@ -11,7 +11,7 @@ import numpy as np
 from recall_cli.early_exit.candidates import POOL_MIN, POOL_PER_RESULT
 from recall_cli.errors import REBUILD_HINT, RecallError, StorageError, storage_error
 from recall_cli.modalities import check_modality
-from recall_cli.models import load_model
+from recall_cli.models import load_model, load_query_encoder
 from recall_cli.query.options import QueryOptions
 from recall_cli.storage.manifest import Manifest
 
@@ -80,18 +80,28 @@ class Searcher:
         self.store = Store(db_dir)
         if self.store.table is None:
             raise RecallError(f"the index at {db_dir} has no embedded files yet; run `recall index PATH`")
-        self.model = load_model(self.model_name, device=device, weights=weights)
-        if self.model.version != model_version:
+        self.device, self.weights = device, weights
+        self._model = None  # the torch encoder, loaded when a query needs more than its embedding
+        self.query_encoder = load_query_encoder(self.model_name, weights) or self.model
+        if self.query_encoder.version != model_version:
             raise RecallError(
                 f"this index was built with {model_version}, but the installed model is "
-                f"{self.model.version}; {REBUILD_HINT}, or use another --db"
+                f"{self.query_encoder.version}; {REBUILD_HINT}, or use another --db"
             )
-        self.store.check(self.model.dim, self.model_name)
+        self.store.check(self.query_encoder.dim, self.model_name)
 
         self.db_dir = Path(db_dir)
         self.writes_locked = False  # True inside `recall watch`, which holds the writer lock
         self.refiner = None
         self._keyword_pool = None  # one background thread for the keyword side, made on first use
+
+    @property
+    def model(self):
+        """The layered (torch) encoder: refinement and --like need it; a query's own embedding
+        does not when the model has a light query encoder (models/minilm/light.py)."""
+        if self._model is None:
+            self._model = load_model(self.model_name, device=self.device, weights=self.weights)
+        return self._model
 
     def search(self, texts: list[str], options: QueryOptions) -> list[list[dict]]:
         """One ranked result list per query text (query language: query/language.py).  A text of
@@ -114,7 +124,7 @@ class Searcher:
         like = self._like_vector(options.like) if options.like else None
         embed = options.mode != "keyword" or options.min_score is not None  # keyword mode needs no vector
         terms = sorted({term for query in queries for _, term in query.terms}) if embed else []
-        encoded = dict(zip(terms, _encode_queries(self.model, terms), strict=True)) if terms else {}
+        encoded = dict(zip(terms, _encode_queries(self.query_encoder, terms), strict=True)) if terms else {}
         results = []
         for text, query, job in zip(texts, queries, keyword_jobs, strict=True):
             vector = self._query_vector(text, query.terms if embed else [], encoded, like)
@@ -141,7 +151,7 @@ class Searcher:
         (a query of names alone, or keyword mode)."""
         if not terms and like is None:
             return None
-        vector = sum((weight * encoded[term] for weight, term in terms), np.zeros(self.model.dim, np.float32))
+        vector = sum((weight * encoded[term] for weight, term in terms), np.zeros(self.query_encoder.dim, np.float32))
         if like is not None:
             vector = vector + like
         norm = float(np.linalg.norm(vector))
@@ -226,7 +236,7 @@ class Searcher:
             )
         finally:
             manifest.close()
-        if options.refine != "off":
+        if options.refine != "off" and (self.refiner is not None or not all(row["refined"] for row in candidates)):
             if self.refiner is None:
                 self.refiner = refine.Refiner(self.model, self.store)
             budget = (
@@ -304,7 +314,10 @@ def _upgrade_progress():
 
 def _encode_queries(model, texts: list[str]):
     """A few query texts are encoded on one CPU thread: as fast as two for a short input, never
-    stalled by a busy second core, and the same numbers warm (watch server) and cold."""
+    stalled by a busy second core, and the same numbers warm (watch server) and cold.  A light
+    query encoder (numpy) returns its array as it is."""
+    if not hasattr(model, "encode"):
+        return model.encode_texts(texts)
     import torch
 
     if len(texts) > 8:

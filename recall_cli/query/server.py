@@ -233,7 +233,10 @@ class QueryServer:
         """Load the model, open the table and run one search now (it reads the full-text indexes
         and the vectors into memory), so that the first real query is warm too."""
         try:
-            self._get_searcher().search(["warm-up"], QueryOptions(limit=1, refine="off"))
+            searcher = self._get_searcher()
+            searcher.search(["warm-up"], QueryOptions(limit=1, refine="off"))
+            if searcher.store.count("refined = false"):  # queries will refine: load the encoder now
+                searcher.model  # noqa: B018
         except Exception:  # empty index: built on the first query instead
             pass
 

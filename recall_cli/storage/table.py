@@ -20,17 +20,17 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-os.environ.setdefault("LANCE_LOG", "error")  # lance's Rust logger warns on every new dataset
-
-import lancedb
 import numpy as np
 import pyarrow as pa
 
 from recall_cli.errors import REBUILD_HINT, RecallError, error_text, storage_error
 from recall_cli.names import name_words, path_words
 from recall_cli.paths import real_path, stored_path
+from recall_cli.storage.lancedb_import import import_lancedb
 from recall_cli.storage.layout import TABLE_DIR, TABLE_NAME, directory_bytes
 from recall_cli.storage.sqlfilter import sql_in, sql_str
+
+lancedb = import_lancedb()  # without its REST client (storage/lancedb_import.py)
 
 log = logging.getLogger("recall")
 

