@@ -141,6 +141,26 @@ def test_a_killed_server_leaves_queries_answering_and_is_replaced(index):
     assert replaced["queries"] == 0
 
 
+def test_a_watch_takes_over_from_an_on_demand_server(index):
+    root, db = index
+    first = query(db, "kayak", "--json", env=ON)
+    on_demand = wait_until(lambda: status(db), 60, message="an on-demand server")
+    assert on_demand["kind"] == "on-demand"
+    watch = subprocess.Popen([sys.executable, "-m", "recall_cli", "watch", str(root), "--db", str(db), "-q"])
+    try:
+        wait_until(lambda: gone(on_demand["pid"]), 60, message="the on-demand server to step aside")
+        served_by_watch = wait_until(
+            lambda: (found := status(db)) and found["kind"] == "recall watch" and found, 120, message="the watcher"
+        )
+        assert served_by_watch["pid"] == watch.pid  # one server: the watcher's
+        again = query(db, "kayak", "--json", env=ON)
+        assert json.loads(again.stdout)[0]["path"] == json.loads(first.stdout)[0]["path"]
+        assert status(db)["queries"] == 1 and status(db)["pid"] == watch.pid  # answered by the watcher
+    finally:
+        watch.send_signal(signal.SIGINT)
+        assert watch.wait(timeout=60) == 0
+
+
 def test_a_rebuilt_index_stops_its_server(index):
     root, db = index
     proc = subprocess.Popen([sys.executable, "-m", "recall_cli", "server", "run", "--db", str(db)])

@@ -60,7 +60,7 @@ def select_candidates(
         for group, ((clause, _size), share) in enumerate(zip(groups, shares, strict=True)):
             if share <= 0:
                 continue
-            rows = store.search(q, share, _and(where, clause), extra=COLUMNS)
+            rows = store.search(q, share, _and(where, clause), extra=COLUMNS, exact=exact)
             for row in rows:
                 row["vector"] = np.asarray(row["vector"], dtype=np.float32)
                 row["score"] = float(row["vector"] @ q)  # one formula for stored and fine vectors

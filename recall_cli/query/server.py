@@ -43,6 +43,9 @@ TAKEOVER_WAIT_S = 5.0  # how long `recall watch` waits for an on-demand server t
 # would grow version files without end.  `recall watch` and `recall index` compact on their own.
 COMPACT_EVERY_S = 600.0
 COMPACT_WHEN_IDLE_S = 2.0
+# a server that is never idle (a long query loop) compacts between two requests after this many
+# write-backs: each leaves a version and a small fragment behind (benchmarks/bench_scale.py)
+COMPACT_AFTER_WRITES = 200
 
 
 def servers_off() -> bool:
@@ -178,6 +181,7 @@ class QueryServer:
         self._inode = None
         self._lock = None
         self.writes_since_compaction = 0
+        self.compactions = 0
         self.last_compaction = time.monotonic()
 
     def start(self) -> None:
@@ -308,6 +312,8 @@ class QueryServer:
         conn.close()  # the client has its answer; now write back what the query refined
         if self._searcher is not None and self._searcher.write_back():
             self.writes_since_compaction += 1
+            if self.on_demand and self.writes_since_compaction >= COMPACT_AFTER_WRITES:
+                self.compact()
         self.last_request = time.monotonic()  # idle time counts from the end of the work
 
     def compaction_due(self) -> bool:
@@ -330,6 +336,7 @@ class QueryServer:
         except RecallError:  # another writer: it compacts, or we do next time
             return False
         self.writes_since_compaction = 0
+        self.compactions += 1
         return True
 
     @staticmethod

@@ -36,9 +36,13 @@ log = logging.getLogger("recall")
 
 KEY_SEP = "\x1f"
 
-# Below this many rows a flat (exact) scan is fast enough (tens of ms); above it an IVF-HNSW index
-# is built.  See benchmarks/bench_ann.py for the measured crossover.
+# Below this many rows a flat (exact) scan is fast enough (tens of ms); from it on `maintain` builds
+# an IVF_HNSW_SQ index (recall@10 and latency against IVF_PQ and flat: benchmarks/bench_scale.py).
+# A search whose filter leaves at most FLAT_MAX_ROWS rows scans them exactly instead: a selective
+# prefilter starves the probed partitions of matches and costs the index its recall.
 ANN_MIN_ROWS = 50_000
+FLAT_MAX_ROWS = 20_000
+ANN_NPROBES = 20  # IVF partitions searched (of about sqrt(rows))
 
 
 # Added to tables made before keyword search: upgradable in place, so not required by table_problem.
@@ -118,6 +122,8 @@ class Store:
         """Open the units table; create it when `dim` is given and it does not exist yet."""
         self.db_dir = Path(db_dir)
         self._text_side = False  # see has_text_side
+        self._vector_index: bool | None = None  # see has_vector_index
+        self.exact_search = False  # True: never through the vector index (benchmarks compare)
         self.db = lancedb.connect(str(db_dir))
         existing = self.db.list_tables().tables
         if TABLE_NAME in existing and not _committed(self.db_dir):
@@ -194,11 +200,19 @@ class Store:
         rows = self.table.search().where(f"path = {sql_str(path)}").limit(None).to_arrow().to_pylist()
         return [_from_stored(row) for row in rows]
 
-    def search(self, vector: np.ndarray, limit: int, where: str | None = None, extra: tuple = ()) -> list[dict]:
-        """Nearest rows by dot product (`score`); `extra`: more columns to return (e.g. vector)."""
+    def search(
+        self, vector: np.ndarray, limit: int, where: str | None = None, extra: tuple = (), exact: bool = False
+    ) -> list[dict]:
+        """Nearest rows by dot product (`score`); `extra`: more columns to return (e.g. vector).
+        Through the vector index when there is one, unless `exact` or the filter is selective."""
         query = self.table.search(vector.astype(np.float32)).distance_type("dot").limit(limit)
         if where:
             query = query.where(where, prefilter=True)
+        if self.has_vector_index:
+            if exact or self.exact_search or (where and self.table.count_rows(where) <= FLAT_MAX_ROWS):
+                query = query.bypass_vector_index()
+            else:
+                query = query.nprobes(ANN_NPROBES)
         columns = [
             "path",
             "chunk",
@@ -241,6 +255,14 @@ class Store:
                 row["vector"] = vectors[index]
             _from_stored(row)
         return rows
+
+    @property
+    def has_vector_index(self) -> bool:
+        """Whether the vector column has an ANN index (read once per Store; `maintain` updates it)."""
+        if self._vector_index is None:
+            indexes = self.table.list_indices() if self.table is not None else []
+            self._vector_index = any("vector" in index.columns for index in indexes)
+        return self._vector_index
 
     @property
     def has_text_side(self) -> bool:
@@ -291,10 +313,13 @@ class Store:
 
         self.ensure_text_indexes()
         self.table.optimize(cleanup_older_than=timedelta(minutes=10))  # folds new rows into every index
-        rows = self.table.count_rows()
-        has_vector_index = any("vector" in index.columns for index in self.table.list_indices())
-        if rows >= ANN_MIN_ROWS and not has_vector_index:
-            self.table.create_index(metric="dot", vector_column_name="vector", index_type="IVF_HNSW_SQ")
+        self._vector_index = None
+        if self.table.count_rows() >= ANN_MIN_ROWS and not self.has_vector_index:
+            self.create_vector_index()
+
+    def create_vector_index(self, index_type: str = "IVF_HNSW_SQ") -> None:
+        self.table.create_index(metric="dot", vector_column_name="vector", index_type=index_type, replace=True)
+        self._vector_index = True
 
 
 def _committed(db_dir: Path) -> bool:
