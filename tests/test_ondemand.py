@@ -250,3 +250,21 @@ def test_an_idle_server_compacts_what_its_write_backs_left(tmp_path, monkeypatch
     table = lancedb.connect(str(db)).open_table("units")
     assert table.stats()["fragment_stats"]["num_fragments"] < fragments
     assert table.count_rows() == sum(1 for _ in NOTES) and table.count_rows("refined") == len(NOTES)
+
+
+def test_a_server_that_is_never_idle_compacts_after_so_many_write_backs(tmp_path, monkeypatch):
+    root, db = tmp_path / "files", tmp_path / "db"
+    write_files(root, NOTES)
+    assert run_recall("index", root, "--db", db, "--exit-policy", "fixed:2", "-q").returncode == 0
+    monkeypatch.setattr(server_module, "COMPACT_EVERY_S", 3600.0)  # never idle long enough
+    monkeypatch.setattr(server_module, "COMPACT_AFTER_WRITES", 2)
+    server = server_module.QueryServer(db, on_demand=True)
+    server.start()
+    try:
+        for folder in ("trips", "home"):  # two write-backs, one after the other
+            within = str(root / folder)
+            assert server_module.request(db, {"op": "query", "texts": ["x"], "refine": "exact", "within": within})["ok"]
+        wait_until(lambda: server.compactions == 1, 30, message="the compaction")
+        assert server.writes_since_compaction == 0
+    finally:
+        server.close()

@@ -1,7 +1,7 @@
 """The on-demand query server, the way build and language servers work: the first `recall query`
-that finds no server starts a detached one for its index (it loads the model while that query is
-answered in-process, so that the next query finds it ready); later queries go through it (one
-socket round trip, the model already loaded).  The server is the same QueryServer that `recall
+that finds no server answers in-process and then starts a detached one for its index (after its
+results are printed: loading beside the query would take the CPU its answer needs); later queries
+go through it (one socket round trip, the model already loaded).  The server is the same QueryServer that `recall
 watch` runs, on its own, and it goes away by itself:
 
 * after RECALL_SERVER_IDLE seconds without a query (default DEFAULT_IDLE_S);
