@@ -57,10 +57,11 @@ def select_candidates(
     while True:
         shares = group_share([n for _, n in groups], wanted, pool)
         merged: dict[str, dict] = {}
-        for group, ((clause, _size), share) in enumerate(zip(groups, shares, strict=True)):
+        for group, ((clause, size), share) in enumerate(zip(groups, shares, strict=True)):
             if share <= 0:
                 continue
-            rows = store.search(q, share, _and(where, clause), extra=COLUMNS, exact=exact)
+            known = None if where else size  # the rows the group's clause leaves, from the manifest
+            rows = store.search(q, share, _and(where, clause), extra=COLUMNS, exact=exact, matching=known)
             for row in rows:
                 row["vector"] = np.asarray(row["vector"], dtype=np.float32)
                 row["score"] = float(row["vector"] @ q)  # one formula for stored and fine vectors

@@ -202,15 +202,22 @@ class Store:
         return [_from_stored(row) for row in rows]
 
     def search(
-        self, vector: np.ndarray, limit: int, where: str | None = None, extra: tuple = (), exact: bool = False
+        self,
+        vector: np.ndarray,
+        limit: int,
+        where: str | None = None,
+        extra: tuple = (),
+        exact: bool = False,
+        matching: int | None = None,
     ) -> list[dict]:
         """Nearest rows by dot product (`score`); `extra`: more columns to return (e.g. vector).
-        Through the vector index when there is one, unless `exact` or the filter is selective."""
+        Through the vector index when there is one, unless `exact` or the filter is selective
+        (`matching`: the rows it leaves, when the caller knows; else they are counted)."""
         query = self.table.search(vector.astype(np.float32)).distance_type("dot").limit(limit)
         if where:
             query = query.where(where, prefilter=True)
         if self.has_vector_index:
-            if exact or self.exact_search or (where and self.table.count_rows(where) <= FLAT_MAX_ROWS):
+            if exact or self.exact_search or (where and _or_count(matching, self.table, where) <= FLAT_MAX_ROWS):
                 query = query.bypass_vector_index()
             else:
                 query = query.nprobes(ANN_NPROBES).refine_factor(ANN_REFINE_FACTOR)
@@ -321,6 +328,10 @@ class Store:
     def create_vector_index(self, index_type: str = "IVF_HNSW_SQ") -> None:
         self.table.create_index(metric="dot", vector_column_name="vector", index_type=index_type, replace=True)
         self._vector_index = True
+
+
+def _or_count(known: int | None, table, where: str) -> int:
+    return known if known is not None else table.count_rows(where)
 
 
 def _committed(db_dir: Path) -> bool:
