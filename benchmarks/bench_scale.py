@@ -195,12 +195,11 @@ def latency(searcher, texts: list[str], arms: dict[str, bool]) -> dict:
 
 def disk_growth(db: Path, texts: list[str], count: int) -> dict:
     """`count` queries through an in-process on-demand server (write-backs and its compaction)."""
+    from datetime import timedelta
+
     from recall_cli.query.options import QueryOptions
     from recall_cli.query.server import QueryServer, warm_query
     from recall_cli.storage.layout import directory_bytes
-
-    from datetime import timedelta
-
     from recall_cli.storage.table import Store
 
     # start from a clean table: no versions left by generating it and building its indexes
