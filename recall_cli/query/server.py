@@ -46,6 +46,10 @@ COMPACT_WHEN_IDLE_S = 2.0
 # a server that is never idle (a long query loop) compacts between two requests after this many
 # write-backs: each leaves a version and a small fragment behind (benchmarks/bench_scale.py)
 COMPACT_AFTER_WRITES = 200
+# versions an on-demand server's compaction keeps: every write-back leaves one (~40 KB at 100k
+# rows), so a busy loop would keep ten minutes' worth with the default; the other readers it must
+# not pull files from under are queries, which take seconds
+KEEP_VERSIONS_S = 60.0
 
 
 def servers_off() -> bool:
@@ -332,7 +336,7 @@ class QueryServer:
         self.last_compaction = time.monotonic()
         try:
             with WriterLock(self.db_dir, "query server (compacting)"):
-                self._get_searcher().store.maintain()
+                self._get_searcher().store.maintain(keep_versions_s=KEEP_VERSIONS_S)
         except RecallError:  # another writer: it compacts, or we do next time
             return False
         self.writes_since_compaction = 0

@@ -314,13 +314,14 @@ class Store:
     def disk_bytes(self) -> int:
         return directory_bytes(Path(self.db.uri))
 
-    def maintain(self) -> None:
-        """After a write-heavy run: compact small fragments, drop old versions, and keep an ANN
-        index once the table is large enough for it to pay."""
+    def maintain(self, keep_versions_s: float = 600.0) -> None:
+        """After a write-heavy run: compact small fragments, drop versions older than
+        `keep_versions_s` (a reader still on one must not lose its files), and keep an ANN index
+        once the table is large enough for it to pay."""
         from datetime import timedelta
 
         self.ensure_text_indexes()
-        self.table.optimize(cleanup_older_than=timedelta(minutes=10))  # folds new rows into every index
+        self.table.optimize(cleanup_older_than=timedelta(seconds=keep_versions_s))  # folds new rows into every index
         self._vector_index = None
         if self.table.count_rows() >= ANN_MIN_ROWS and not self.has_vector_index:
             self.create_vector_index()
