@@ -56,8 +56,25 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (path, exit_block)
     );
     """,
+    # 3: the text side of media files (models/mediatext).  `text_version` says which version of
+    # the media text extraction a file was last read with: a photo, song or video read before
+    # MEDIA_TEXT_VERSION is read again by the next index run even when it has not changed.
+    # `media_facts` is what `stats` counts: capture date, GPS, text found by OCR, notes on
+    # metadata that was ignored.
+    """
+    ALTER TABLE files ADD COLUMN text_version INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE media_facts (
+        path TEXT PRIMARY KEY,
+        taken INTEGER NOT NULL,
+        gps INTEGER NOT NULL,
+        ocr INTEGER NOT NULL,
+        notes TEXT
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+MEDIA_TEXT_VERSION = 1  # raise it when media text extraction changes: unchanged media is read again
+MEDIA_MODALITIES = ("image", "audio", "video")
 
 
 @dataclass(frozen=True)
@@ -71,6 +88,12 @@ class FileRecord:
     status: str
     error: str | None
     units: int
+    text_version: int = MEDIA_TEXT_VERSION
+
+    @property
+    def stale_media_text(self) -> bool:
+        """A media file last read before the current media text extraction (an older index)."""
+        return self.modality in MEDIA_MODALITIES and self.text_version < MEDIA_TEXT_VERSION
 
 
 class Manifest:
@@ -163,8 +186,7 @@ class Manifest:
             # a range, not substr(): SQLite's string functions stop at NUL, which stored names may hold
             prefix = stored_path(root.rstrip("/") + "/")
             rows = self.conn.execute(
-                "SELECT path, root, size, mtime_ns, hash, modality, status, error, units FROM files "
-                "WHERE path >= ? AND path < ?",
+                f"SELECT {RECORD_COLUMNS} FROM files WHERE path >= ? AND path < ?",
                 (prefix, prefix[:-1] + "0"),
             )
             for row in rows:
@@ -178,8 +200,7 @@ class Manifest:
         for start in range(0, len(paths), 500):
             chunk = paths[start : start + 500]
             rows = self.conn.execute(
-                "SELECT path, root, size, mtime_ns, hash, modality, status, error, units FROM files "
-                f"WHERE path IN ({', '.join('?' * len(chunk))})",
+                f"SELECT {RECORD_COLUMNS} FROM files WHERE path IN ({', '.join('?' * len(chunk))})",
                 [stored_path(path) for path in chunk],
             )
             for row in rows:
@@ -198,10 +219,11 @@ class Manifest:
 
     def _upsert(self, records: list[FileRecord], now: float) -> None:
         self.conn.executemany(
-            "INSERT INTO files(path, root, size, mtime_ns, hash, modality, status, error, units, indexed_at) "
-            "VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET root=excluded.root, "
-            "size=excluded.size, mtime_ns=excluded.mtime_ns, hash=excluded.hash, modality=excluded.modality, "
-            "status=excluded.status, error=excluded.error, units=excluded.units, indexed_at=excluded.indexed_at",
+            "INSERT INTO files(path, root, size, mtime_ns, hash, modality, status, error, units, indexed_at, "
+            "text_version) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET "
+            "root=excluded.root, size=excluded.size, mtime_ns=excluded.mtime_ns, hash=excluded.hash, "
+            "modality=excluded.modality, status=excluded.status, error=excluded.error, units=excluded.units, "
+            "indexed_at=excluded.indexed_at, text_version=excluded.text_version",
             [
                 (
                     stored_path(r.path),
@@ -214,6 +236,7 @@ class Manifest:
                     r.error,
                     r.units,
                     now,
+                    r.text_version,
                 )
                 for r in records
             ],
@@ -222,12 +245,48 @@ class Manifest:
             "DELETE FROM unit_exits WHERE path = ?",  # no rows left: no exits
             [(stored_path(r.path),) for r in records if r.status != "ok"],
         )
+        self.conn.executemany(
+            "DELETE FROM media_facts WHERE path = ?",  # facts of a file that no longer has them
+            [(stored_path(r.path),) for r in records if r.status != "ok" or r.modality not in MEDIA_MODALITIES],
+        )
 
     def delete(self, paths: list[str]) -> None:
         stored = [(stored_path(path),) for path in paths]
         with self.transaction():  # both, or neither (no exit rows of a file no longer recorded)
             self.conn.executemany("DELETE FROM files WHERE path = ?", stored)
             self.conn.executemany("DELETE FROM unit_exits WHERE path = ?", stored)
+            self.conn.executemany("DELETE FROM media_facts WHERE path = ?", stored)
+
+    # --- media metadata -------------------------------------------------------------------
+    def set_media_facts(self, facts: dict[str, dict]) -> None:
+        """Per path, from its metadata (models/mediatext): capture date, GPS, OCR text, notes."""
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO media_facts(path, taken, gps, ocr, notes) VALUES(?, ?, ?, ?, ?)",
+            [
+                (
+                    stored_path(path),
+                    int(bool(meta.get("taken_at"))),
+                    int("lat" in meta),
+                    int(bool(meta.get("ocr_chars"))),
+                    "; ".join(meta.get("notes") or []) or None,
+                )
+                for path, meta in facts.items()
+            ],
+        )
+
+    def media_counts(self) -> dict:
+        """Files with a capture date, with GPS, with text found by OCR, with metadata ignored."""
+        row = self.conn.execute(
+            "SELECT count(*), coalesce(sum(taken), 0), coalesce(sum(gps), 0), coalesce(sum(ocr), 0), "
+            "coalesce(sum(notes IS NOT NULL), 0) FROM media_facts"
+        ).fetchone()
+        return dict(zip(("files", "capture_date", "gps", "ocr_text", "metadata_notes"), row, strict=True))
+
+    def media_notes(self, limit: int = 20) -> list[tuple[str, str]]:
+        rows = self.conn.execute(
+            "SELECT path, notes FROM media_facts WHERE notes IS NOT NULL ORDER BY path LIMIT ?", (limit,)
+        )
+        return [(real_path(path), notes) for path, notes in rows]
 
     # --- early exit bookkeeping --------------------------------------------------------------
     def set_exits(self, path: str, modality: str | None, groups: list[tuple[int, int, int, int, int, int]]) -> None:
@@ -293,6 +352,9 @@ class Manifest:
     def failures(self, limit: int = 20) -> list[tuple[str, str]]:
         rows = self.conn.execute("SELECT path, error FROM files WHERE status = 'error' ORDER BY path LIMIT ?", (limit,))
         return [(real_path(path), error) for path, error in rows]
+
+
+RECORD_COLUMNS = "path, root, size, mtime_ns, hash, modality, status, error, units, text_version"
 
 
 def _record(row: tuple) -> FileRecord:
