@@ -74,11 +74,11 @@ def index_locked(
     under a root that is missing are left alone.  `should_stop` ends the apply phase early (what was
     flushed stays; pruning waits for a complete pass)."""
     started = time.perf_counter()
-    manifest = Manifest(db_dir)
-    try:
-        from recall_cli.models.mediatext import ocr
+    from recall_cli.models.mediatext import ocr
 
-        ocr.set_enabled(None if options.ocr else False)
+    manifest = Manifest(db_dir)
+    ocr_before = ocr.set_enabled(None if options.ocr else False)
+    try:
         model_name = bind_model(manifest, options.model)
         manifest.check_vectors_present()
         run = _IndexRun(db_dir, manifest, model_name, options, progress)
@@ -98,6 +98,7 @@ def index_locked(
         raise mapped from error
     finally:
         manifest.close()
+        ocr.set_enabled(ocr_before)
     summary.seconds = time.perf_counter() - started
     return summary
 

@@ -97,14 +97,12 @@ def _circle(lat: float, lon: float, radius_km: float) -> str:
     return f"({box} AND {distance} <= {lat_span * lat_span!r})"
 
 
-def result_meta(row: dict) -> dict | None:
-    """The `meta` object of a result: its media metadata, with where its date comes from."""
-    raw = row.get("meta")
-    if not raw:
-        return None
+def result_meta(row: dict) -> dict:
+    """The `meta` object of a result: its media metadata, with where its date comes from (a file
+    without a capture date is dated by its modification time)."""
     try:
-        meta = json.loads(raw)
+        meta = json.loads(row.get("meta") or "{}")
     except ValueError:
-        return None
+        meta = {}
     meta["date_source"] = "capture" if meta.get("taken_at") else "file"
     return meta

@@ -19,17 +19,28 @@ EARLIEST_YEAR = 1826  # the oldest surviving photograph: an earlier capture date
 
 def read_exif(path: Path) -> tuple[dict, list[str]]:
     """({taken_at, camera, lens, lat, lon} for the fields present and sane, notes on the others)."""
+    import warnings
+
     notes: list[str] = []
-    try:
-        exif = _open_exif(path)
-    except Exception as error:  # any decoder failure: the photo still has its name and pixels
-        return {}, [f"EXIF unreadable ({type(error).__name__})"]
     facts: dict = {}
-    for read in (_taken_at, _camera, _gps):
+    with warnings.catch_warnings(record=True) as caught:  # Pillow warns, and skips, on corrupt tags
+        warnings.simplefilter("always")
         try:
-            facts.update(read(exif, notes))
-        except Exception as error:  # one broken field (a truncated IFD, a bad rational) is skipped
-            notes.append(f"EXIF field ignored ({read.__name__.strip('_')}: {type(error).__name__})")
+            exif = _open_exif(path)
+        except Exception as error:  # any decoder failure: the photo still has its name and pixels
+            return {}, [f"EXIF unreadable ({type(error).__name__})"]
+        for read in (_taken_at, _camera, _gps):
+            try:
+                facts.update(read(exif, notes))
+            except Exception as error:  # one broken field (a truncated IFD, a bad rational) is skipped
+                notes.append(f"EXIF field ignored ({read.__name__.strip('_')}: {type(error).__name__})")
+    corrupt = [
+        str(warning.message)
+        for warning in caught
+        if "exif" in str(warning.message).lower() or "tag" in str(warning.message).lower()
+    ]
+    if corrupt:
+        notes.append(f"EXIF partly corrupt, some fields ignored ({corrupt[0].strip()[:60]})")
     return facts, notes
 
 

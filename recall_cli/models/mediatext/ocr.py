@@ -22,9 +22,11 @@ _state = {"enabled": None}
 _lock = threading.Lock()
 
 
-def set_enabled(enabled: bool | None) -> None:
-    """Turn OCR on or off for this process (None: back to $RECALL_OCR, on by default)."""
-    _state["enabled"] = enabled
+def set_enabled(enabled: bool | None) -> bool | None:
+    """Turn OCR on or off for this process (None: back to $RECALL_OCR, on by default); returns
+    the setting it replaces, for the caller to put back."""
+    before, _state["enabled"] = _state["enabled"], enabled
+    return before
 
 
 def enabled() -> bool:
