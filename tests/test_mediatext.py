@@ -207,3 +207,47 @@ def make_pre_media_index(db_dir: Path, image: Path) -> None:
     conn.execute("DELETE FROM unit_exits WHERE path = ?", (str(image),))
     conn.commit()
     conn.close()
+
+
+def test_imagebind_keeps_its_vectors_and_gains_the_text_side(tmp_path):
+    import lancedb
+
+    root = tmp_path / "files"
+    photo(root / "red_kayak.jpg", "2019:07:14 10:30:00", "Canon", "Canon EOS 5D", CITIES["Lisbon"])
+    text_image(root / "shot.png", ["INVOICE 4471"])
+    db_dir = tmp_path / "db"
+    cli = Cli(db_dir)
+    assert cli("index", root, "--model", "imagebind-test").exit_code == 0
+    assert found(cli, "4471", "--keyword") == ["shot.png"]  # the text side beside the image embedding
+
+    def vectors():
+        rows = lancedb.connect(str(db_dir)).open_table("units").to_arrow().to_pylist()
+        return {Path(row["path"]).name: row["vector"] for row in rows}
+
+    before = vectors()
+    strip_media_text(db_dir)
+    assert found(cli, "4471", "--keyword") == []
+    upgraded = json.loads(cli("index", root, "--json").stdout)
+    assert upgraded["updated"] == 2 and upgraded["units_encoded"] == 0  # no encode: text side only
+    assert vectors() == before
+    assert found(cli, "4471", "--keyword") == ["shot.png"]
+    assert found(cli, "photo", "--camera", "canon") == ["red_kayak.jpg"]
+
+
+def strip_media_text(db_dir: Path) -> None:
+    """An ImageBind index as a recall before media text left it: media rows without snippet or
+    metadata columns, a manifest whose media files were read before the text version."""
+    import lancedb
+    import pyarrow as pa
+
+    db = lancedb.connect(str(db_dir))
+    data = db.open_table("units").to_arrow()
+    data = data.drop_columns(["taken_at", "camera", "lat", "lon", "place", "artist", "meta", "words", "name"])
+    data = data.set_column(data.schema.get_field_index("snippet"), "snippet", pa.array([""] * len(data)))
+    db.drop_table("units")
+    db.create_table("units", data=data)
+    conn = sqlite3.connect(db_dir / MANIFEST_NAME)
+    conn.execute("UPDATE files SET text_version = 0")
+    conn.execute("DELETE FROM media_facts")
+    conn.commit()
+    conn.close()

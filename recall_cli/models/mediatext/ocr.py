@@ -15,6 +15,8 @@ import os
 import re
 import threading
 
+from recall_cli.models.mediatext.words import with_splits
+
 DETECT_SIDE = 960  # longer side of the detection copy: 14-px text in a 1600-px photo is still found
 MIN_SCORE = 0.5  # recognised lines less certain than this are noise (texture read as letters)
 MAX_BOXES = 200  # a page of text; a photo of gravel does not get thousands of recognitions
@@ -53,11 +55,25 @@ def read_text(image) -> str:
         boxes, _ = detector(small)
         if boxes is None or len(boxes) == 0:
             return ""
-        boxes = (np.asarray(boxes[:MAX_BOXES], dtype=np.float32) / scale).astype(np.float32)
+        boxes = reading_order(np.asarray(boxes[:MAX_BOXES], dtype=np.float32) / scale)
         crops = engine.get_crop_img_list(pixels, boxes)
         recognised, _ = engine.text_rec(crops)
     lines = [text for text, score in recognised if score >= MIN_SCORE and text.strip()]
-    return "\n".join(split_glued(line) for line in lines)
+    return "\n".join(with_splits(split_glued(line)) for line in lines)
+
+
+def reading_order(boxes):
+    """Boxes (N x 4 corners) top to bottom, and left to right within a line (tops within half a
+    line height of each other)."""
+    import numpy as np
+
+    if not len(boxes):
+        return boxes
+    tops, lefts = boxes[:, :, 1].min(axis=1), boxes[:, :, 0].min(axis=1)
+    height = float(np.median(boxes[:, :, 1].max(axis=1) - tops)) or 1.0
+    rows = np.round(tops / (height / 2)).astype(int)
+    order = sorted(range(len(boxes)), key=lambda i: (rows[i], lefts[i]))
+    return boxes[order].astype(np.float32)
 
 
 def split_glued(line: str) -> str:
