@@ -19,7 +19,7 @@ from pathlib import Path
 
 from recall_cli.errors import first_line, storage_error
 from recall_cli.index.hashing import file_hash
-from recall_cli.index.media import media_facts, refresh_text_side
+from recall_cli.index.media import attach_text_side, media_facts, refresh_text_side
 from recall_cli.index.options import IndexOptions, IndexSummary, bind_model, check_model_version, check_roots
 from recall_cli.index.plan import changes_at_paths, files_to_apply, gone_paths
 from recall_cli.index.reuse import copy_rows
@@ -266,6 +266,7 @@ class _IndexRun:
         model = self.model  # loading it (or finding the index unusable) is not this file's problem
         try:
             units = model.file_units(Path(entry.path), modality)
+            attach_text_side(units, entry.path, modality)
         except Exception as error:  # one bad file never stops the run
             self._finish_failed(entry, content_hash, modality, _one_line(error))
             return

@@ -337,13 +337,12 @@ class ImageBindEncoder(LayeredEncoder):
             if not chunks:
                 raise DecodeError("no text found")
             return [Unit("text", tokenize_text(c), snippet=c, chunk=i) for i, c in enumerate(chunks)]
-        loaders = {"image": image.load_image, "video": video.load_video, "audio": audio.load_audio}
-        if modality in loaders:
-            from recall_cli.models.mediatext import describe
-
-            data = loaders[modality](path)  # first: a file that does not decode is not read for text
-            media = describe(path, modality)  # stored beside the embedding, found by its words
-            return [Unit(modality, data, snippet=media.text, meta=media.meta)]
+        if modality == "image":
+            return [Unit("image", image.load_image(path))]
+        if modality == "video":
+            return [Unit("video", video.load_video(path))]
+        if modality == "audio":
+            return [Unit("audio", audio.load_audio(path))]
         raise DecodeError(f"{self.name} cannot embed {modality}")
 
     def text_unit(self, text: str) -> Unit:
