@@ -9,6 +9,14 @@ from pathlib import Path
 
 from recall_cli.models.mediatext.exif import EARLIEST_YEAR, valid_coordinates
 
+# What ffmpeg may do with a file (here and in every decoder): read it from disk (no network, no
+# other protocol) and parse it with a container demuxer (never a playlist or concat script, which
+# would open other files).
+FFMPEG_INPUT_OPTIONS = {
+    "protocol_whitelist": "file",
+    "format_whitelist": "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,ogg,mp3,wav,w64,flac,aac,aiff,"
+    "asf,mpeg,mpegts,mpegvideo,m4v,h264,hevc,caf,amr,au,wv,ape,tta,dts,ac3,eac3",
+}
 LOCATION_KEYS = ("location", "com.apple.quicktime.location.ISO6709", "location-eng")
 ISO6709 = re.compile(r"^([+-]\d+(?:\.\d+)?)([+-]\d+(?:\.\d+)?)")
 
@@ -18,7 +26,7 @@ def read_container(path: Path) -> tuple[dict, list[str]]:
     try:
         import av
 
-        with av.open(str(path)) as container:
+        with av.open(str(path), options=FFMPEG_INPUT_OPTIONS) as container:
             metadata = dict(container.metadata)
             duration = container.duration
     except Exception as error:  # unreadable container: the sniffer or the encoder says more
