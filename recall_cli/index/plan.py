@@ -14,12 +14,13 @@ def files_to_apply(
     entries: list[FileEntry], known: dict[str, FileRecord], retry_failed: bool = False
 ) -> list[tuple[FileEntry, FileRecord | None]]:
     """The entries whose size or mtime differ from the manifest (with their record, if any); a file
-    that failed last time is tried again only when asked (`--retry-failed`)."""
+    that failed last time is tried again only when asked (`--retry-failed`); a photo, song or video
+    recorded before media text (an older index) once, to gain it."""
     todo = []
     for entry in entries:
         record = known.get(entry.path)
         unchanged = record is not None and record.size == entry.size and record.mtime_ns == entry.mtime_ns
-        if not unchanged or (retry_failed and record.status == "error"):
+        if not unchanged or (retry_failed and record.status == "error") or record.stale_media_text:
             todo.append((entry, record))
     return todo
 

@@ -29,6 +29,10 @@ def collect_stats(db_dir: Path) -> dict:
             "table": table_files(db_dir),
             "last_index_at": float(last) if last else None,
             "failures": [json_safe({"path": path, "error": error}) for path, error in manifest.failures()],
+            "media": {
+                **manifest.media_counts(),
+                "notes": [json_safe({"path": path, "note": note}) for path, note in manifest.media_notes()],
+            },
             "early_exit": early_exit_stats(manifest),
             "healing": healing_stats(db_dir),
         }

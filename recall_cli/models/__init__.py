@@ -29,10 +29,13 @@ QUERY_ENCODERS: dict[str, str] = {
 }
 
 DEFAULT_MODEL = "minilm"
+TEXT_ONLY_MODELS = ("minilm",)  # media through its text side, which names the file: a copy is not reused
 
-# What each model can embed, known without loading it (the indexer uses this to skip files early).
+# What each model can index, known without loading it (the indexer uses this to skip files early).
+# A text model indexes photos, audio and video by their text side (models/mediatext): name words,
+# metadata and the text inside an image.
 MODEL_MODALITIES: dict[str, tuple[str, ...]] = {
-    "minilm": ("text",),
+    "minilm": MODALITIES,
     "imagebind-huge": MODALITIES,
     "imagebind-test": MODALITIES,
 }

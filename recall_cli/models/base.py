@@ -67,6 +67,7 @@ class Unit:
     data: Any  # model-specific decoded input: a str for text, a tensor for media
     snippet: str = ""  # short human-readable excerpt for results ("" for media)
     chunk: int = 0  # position of this unit inside its file
+    meta: dict | None = None  # media metadata (models/mediatext): filterable columns of its row
 
 
 @dataclass

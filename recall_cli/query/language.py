@@ -160,20 +160,25 @@ def _weighted_or_none(text: str) -> list[tuple[float, str]] | None:
         raise
 
 
-def parse_date(text: str, end: bool = False) -> int:
-    """Nanoseconds since the epoch for --since (end False) / --until (end True)."""
-    from datetime import datetime, timedelta
+def parse_date(text: str, end: bool = False, utc: bool = False) -> int:
+    """Nanoseconds since the epoch for --since (end False) / --until (end True); `utc`: a naive
+    date or time is read as UTC (capture dates: a camera's clock has no time zone)."""
+    from datetime import datetime, timedelta, timezone
 
     raw = str(text).strip()
     try:
         if re.fullmatch(r"\d{4}-\d{2}-\d{2}", raw):
             moment = datetime.strptime(raw, "%Y-%m-%d")
+            if utc:
+                moment = moment.replace(tzinfo=timezone.utc)
             if end:
                 if moment.date() == moment.date().max:  # `--until 9999-12-31`: no next day
                     return 2**63 - 1
                 return _clamp(_nanoseconds(moment + timedelta(days=1)) - 1)
         else:
             moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+            if utc and moment.tzinfo is None:
+                moment = moment.replace(tzinfo=timezone.utc)
     except (ValueError, OverflowError):
         raise RecallError(
             f"cannot read date {text!r}; use YYYY-MM-DD or an ISO datetime like 2024-05-01T14:30"

@@ -29,6 +29,11 @@ class QueryOptions:
     budget: float | None = None  # refinement latency budget in seconds (None: refine.DEFAULT_BUDGET_S)
     mode: str = "hybrid"  # one of MODES
     name: str | None = None  # only files whose name matches this glob (any case)
+    taken_after: str | None = None  # capture date (else file time) at or after this date
+    taken_before: str | None = None  # ... at or before this date
+    camera: str | None = None  # camera make or model contains this (any case)
+    near: str | None = None  # within a radius of a place: "Lisbon", "Paris, FR" or "lat,lon[,km]"
+    artist: str | None = None  # artist contains this (any case)
     device: str | None = None  # where the query encoder runs; never sent to a server (it has its own)
     weights: str | None = None
 
@@ -91,6 +96,11 @@ def query_options(
     keyword: bool = False,
     name: str | None = None,
     device: str | None = None,
+    taken_after: str | None = None,
+    taken_before: str | None = None,
+    camera: str | None = None,
+    near: str | None = None,
+    artist: str | None = None,
 ) -> QueryOptions:
     """The command line's values as options, checked the same way on every path.  Paths are made
     absolute here, against the caller's working directory (a server has another one)."""
@@ -119,6 +129,11 @@ def query_options(
         mode="semantic" if semantic else "keyword" if keyword else "hybrid",
         name=name,
         device=device,
+        taken_after=taken_after,
+        taken_before=taken_before,
+        camera=camera,
+        near=near,
+        artist=artist,
     )
 
 
@@ -153,6 +168,11 @@ VALUES = {
     "--min-score": "min_score",
     "--budget": "budget",
     "--name": "name",
+    "--taken-after": "taken_after",
+    "--taken-before": "taken_before",
+    "--camera": "camera",
+    "--near": "near",
+    "--artist": "artist",
 }
 # Options the fast path leaves to Typer (they need the model here, or only print): --device, --help.
 

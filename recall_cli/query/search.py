@@ -12,6 +12,7 @@ from recall_cli.early_exit.candidates import POOL_MIN, POOL_PER_RESULT
 from recall_cli.errors import REBUILD_HINT, RecallError, StorageError, storage_error
 from recall_cli.modalities import check_modality
 from recall_cli.models import load_model, load_query_encoder
+from recall_cli.query.mediafilter import media_clauses, result_meta, uses_media_filters
 from recall_cli.query.options import QueryOptions
 from recall_cli.storage.manifest import Manifest
 
@@ -36,6 +37,7 @@ def build_filter(options: QueryOptions) -> str | None:
             clauses.append(f"mtime_ns >= {parse_date(options.since)}")
         if options.until:
             clauses.append(f"mtime_ns <= {parse_date(options.until, end=True)}")
+    clauses += media_clauses(options)
     return " AND ".join(clauses) or None
 
 
@@ -118,6 +120,8 @@ class Searcher:
             raise RecallError("--budget is a number of seconds, 0 or more")
         if not self.store.has_text_side and options.mode != "semantic":
             self._add_text_side()
+        if uses_media_filters(options) and not self.store.has_meta_side:
+            raise RecallError("this index has no media metadata yet; run `recall index` on its folders once to add it")
         queries = [read_query(text) if (text or not options.like) else Query() for text in texts]
         # the keyword side needs no query vector: it runs on the other core while the query is embedded
         keyword_jobs = [self._start_keyword_search(query.keyword, options, where) for query in queries]
@@ -347,6 +351,7 @@ def _result(row: dict) -> dict:
     """What a result shows (output.py prints it), the same fields whichever side found it."""
     result = {key: row.get(key) for key in RESULT_FIELDS}
     result["refined"] = bool(result["refined"])
+    result["meta"] = result_meta(row)
     for key in ("similarity", "keyword_score"):
         if result[key] is not None:
             result[key] = round(float(result[key]), 6)
@@ -369,6 +374,7 @@ def best_per_file(rows: list[dict]) -> list[dict]:
             "snippet": row["snippet"],
             "refined": bool(row["refined"]),
             "exit_block": row["exit_block"],
+            "meta": row.get("meta"),
         }
         for row in ordered
     ]

@@ -6,7 +6,8 @@ so a run with nothing to do never imports lancedb or torch.  The vectors and per
 LanceDB (store.py).  Writes go to LanceDB first and to the manifest second, so after a crash the
 manifest can only be *behind*, and the next run redoes that file (finding its rows already there).
 
-Schema changes are an ordered list of small migrations; `PRAGMA user_version` records how many ran.
+Schema changes are an ordered list of small migrations (migrations.py); `PRAGMA user_version`
+records how many ran.
 """
 
 from __future__ import annotations
@@ -21,43 +22,16 @@ from urllib.parse import quote
 from recall_cli.errors import REBUILD_HINT, RecallError, storage_error
 from recall_cli.paths import real_path, stored_path
 from recall_cli.storage.layout import MANIFEST_NAME, TABLE_DIR
+from recall_cli.storage.migrations import (
+    AFTER_MIGRATION,
+    MEDIA_MODALITIES,
+    MEDIA_TEXT_VERSION,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    exit_groups,
+)
 
-MIGRATIONS: list[str] = [
-    # 1: files and key/value metadata (model name and version, embedding dim, times)
-    """
-    CREATE TABLE files (
-        path TEXT PRIMARY KEY,
-        root TEXT NOT NULL,
-        size INTEGER NOT NULL,
-        mtime_ns INTEGER NOT NULL,
-        hash TEXT,
-        modality TEXT,
-        status TEXT NOT NULL,          -- ok | error | skipped
-        error TEXT,
-        units INTEGER NOT NULL DEFAULT 0,
-        indexed_at REAL NOT NULL
-    );
-    CREATE INDEX files_hash ON files(hash);
-    CREATE INDEX files_root ON files(root);
-    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    """,
-    # 2: early exit: per file and exit block, how many units stopped there, how many are
-    # refined, and their INT4 cache entries; `stats` and the cache budget read this, not LanceDB
-    """
-    CREATE TABLE unit_exits (
-        path TEXT NOT NULL,
-        modality TEXT,
-        exit_block INTEGER NOT NULL,   -- blocks the units really ran at index time
-        depth INTEGER NOT NULL,
-        units INTEGER NOT NULL,
-        refined INTEGER NOT NULL,      -- of those units, how many hold their full-depth embedding
-        cache_units INTEGER NOT NULL,  -- units with an INT4 cache entry
-        cache_bytes INTEGER NOT NULL,
-        PRIMARY KEY (path, exit_block)
-    );
-    """,
-]
-SCHEMA_VERSION = len(MIGRATIONS)
+__all__ = ["MEDIA_MODALITIES", "MEDIA_TEXT_VERSION", "MIGRATIONS", "SCHEMA_VERSION", "Manifest", "exit_groups"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +45,12 @@ class FileRecord:
     status: str
     error: str | None
     units: int
+    text_version: int = MEDIA_TEXT_VERSION
+
+    @property
+    def stale_media_text(self) -> bool:
+        """A media file last read before the current media text extraction (an older index)."""
+        return self.modality in MEDIA_MODALITIES and self.text_version < MEDIA_TEXT_VERSION
 
 
 class Manifest:
@@ -163,8 +143,7 @@ class Manifest:
             # a range, not substr(): SQLite's string functions stop at NUL, which stored names may hold
             prefix = stored_path(root.rstrip("/") + "/")
             rows = self.conn.execute(
-                "SELECT path, root, size, mtime_ns, hash, modality, status, error, units FROM files "
-                "WHERE path >= ? AND path < ?",
+                f"SELECT {RECORD_COLUMNS} FROM files WHERE path >= ? AND path < ?",
                 (prefix, prefix[:-1] + "0"),
             )
             for row in rows:
@@ -178,8 +157,7 @@ class Manifest:
         for start in range(0, len(paths), 500):
             chunk = paths[start : start + 500]
             rows = self.conn.execute(
-                "SELECT path, root, size, mtime_ns, hash, modality, status, error, units FROM files "
-                f"WHERE path IN ({', '.join('?' * len(chunk))})",
+                f"SELECT {RECORD_COLUMNS} FROM files WHERE path IN ({', '.join('?' * len(chunk))})",
                 [stored_path(path) for path in chunk],
             )
             for row in rows:
@@ -198,10 +176,11 @@ class Manifest:
 
     def _upsert(self, records: list[FileRecord], now: float) -> None:
         self.conn.executemany(
-            "INSERT INTO files(path, root, size, mtime_ns, hash, modality, status, error, units, indexed_at) "
-            "VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET root=excluded.root, "
-            "size=excluded.size, mtime_ns=excluded.mtime_ns, hash=excluded.hash, modality=excluded.modality, "
-            "status=excluded.status, error=excluded.error, units=excluded.units, indexed_at=excluded.indexed_at",
+            "INSERT INTO files(path, root, size, mtime_ns, hash, modality, status, error, units, indexed_at, "
+            "text_version) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET "
+            "root=excluded.root, size=excluded.size, mtime_ns=excluded.mtime_ns, hash=excluded.hash, "
+            "modality=excluded.modality, status=excluded.status, error=excluded.error, units=excluded.units, "
+            "indexed_at=excluded.indexed_at, text_version=excluded.text_version",
             [
                 (
                     stored_path(r.path),
@@ -214,6 +193,7 @@ class Manifest:
                     r.error,
                     r.units,
                     now,
+                    r.text_version,
                 )
                 for r in records
             ],
@@ -222,12 +202,48 @@ class Manifest:
             "DELETE FROM unit_exits WHERE path = ?",  # no rows left: no exits
             [(stored_path(r.path),) for r in records if r.status != "ok"],
         )
+        self.conn.executemany(
+            "DELETE FROM media_facts WHERE path = ?",  # facts of a file that no longer has them
+            [(stored_path(r.path),) for r in records if r.status != "ok" or r.modality not in MEDIA_MODALITIES],
+        )
 
     def delete(self, paths: list[str]) -> None:
         stored = [(stored_path(path),) for path in paths]
         with self.transaction():  # both, or neither (no exit rows of a file no longer recorded)
             self.conn.executemany("DELETE FROM files WHERE path = ?", stored)
             self.conn.executemany("DELETE FROM unit_exits WHERE path = ?", stored)
+            self.conn.executemany("DELETE FROM media_facts WHERE path = ?", stored)
+
+    # --- media metadata -------------------------------------------------------------------
+    def set_media_facts(self, facts: dict[str, dict]) -> None:
+        """Per path, from its metadata (models/mediatext): capture date, GPS, OCR text, notes."""
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO media_facts(path, taken, gps, ocr, notes) VALUES(?, ?, ?, ?, ?)",
+            [
+                (
+                    stored_path(path),
+                    int(bool(meta.get("taken_at"))),
+                    int("lat" in meta),
+                    int(bool(meta.get("ocr_chars"))),
+                    "; ".join(meta.get("notes") or []) or None,
+                )
+                for path, meta in facts.items()
+            ],
+        )
+
+    def media_counts(self) -> dict:
+        """Files with a capture date, with GPS, with text found by OCR, with metadata ignored."""
+        row = self.conn.execute(
+            "SELECT count(*), coalesce(sum(taken), 0), coalesce(sum(gps), 0), coalesce(sum(ocr), 0), "
+            "coalesce(sum(notes IS NOT NULL), 0) FROM media_facts"
+        ).fetchone()
+        return dict(zip(("files", "capture_date", "gps", "ocr_text", "metadata_notes"), row, strict=True))
+
+    def media_notes(self, limit: int = 20) -> list[tuple[str, str]]:
+        rows = self.conn.execute(
+            "SELECT path, notes FROM media_facts WHERE notes IS NOT NULL ORDER BY path LIMIT ?", (limit,)
+        )
+        return [(real_path(path), notes) for path, notes in rows]
 
     # --- early exit bookkeeping --------------------------------------------------------------
     def set_exits(self, path: str, modality: str | None, groups: list[tuple[int, int, int, int, int, int]]) -> None:
@@ -295,6 +311,9 @@ class Manifest:
         return [(real_path(path), error) for path, error in rows]
 
 
+RECORD_COLUMNS = "path, root, size, mtime_ns, hash, modality, status, error, units, text_version"
+
+
 def _record(row: tuple) -> FileRecord:
     path, root, *rest = row
     return FileRecord(real_path(path), real_path(root), *rest)
@@ -318,49 +337,6 @@ def _connect_read_only(path: Path) -> sqlite3.Connection:
             "after which read-only queries work"
         )
     return sqlite3.connect(uri + "&immutable=1", uri=True, timeout=30, isolation_level=None)
-
-
-def exit_groups(rows: list[dict]) -> tuple[str | None, list[tuple[int, int, int, int, int, int]]]:
-    """A file's rows (dicts with exit_block, depth, refined, cache, modality) -> the manifest's
-    (modality, [(exit_block, depth, units, refined, cache_units, cache_bytes)])."""
-    groups: dict[int, list[int]] = {}
-    modality = None
-    for row in rows:
-        modality = row.get("modality", modality)
-        group = groups.setdefault(int(row["exit_block"]), [int(row["depth"]), 0, 0, 0, 0])
-        group[1] += 1
-        group[2] += int(bool(row["refined"]))
-        if row.get("cache"):
-            group[3] += 1
-            group[4] += len(row["cache"])
-    return modality, [(exit_block, *values) for exit_block, values in sorted(groups.items())]
-
-
-def _backfill_exits(manifest: Manifest) -> None:
-    """Schema 2 added `unit_exits`.  An index made before it has its rows in LanceDB but no exit
-    records, so `stats`, the cache budget and the query's exit groups would miss those rows: they
-    are read back from the vector table once, inside the migration's transaction."""
-    db_dir = manifest.path.parent
-    if not (db_dir / TABLE_DIR).exists() or not manifest.has_units():
-        return
-    from recall_cli.storage.table import Store
-
-    store = Store(db_dir)
-    if store.table is None:
-        return
-    ok = {real_path(row[0]) for row in manifest.conn.execute("SELECT path FROM files WHERE status = 'ok'")}
-    columns = ["path", "modality", "exit_block", "depth", "refined", "cache"]
-    by_path: dict[str, list[dict]] = {}
-    for row in store.table.search().select(columns).limit(None).to_arrow().to_pylist():
-        path = real_path(row["path"])
-        if path in ok:
-            by_path.setdefault(path, []).append(row)
-    for path, rows in by_path.items():
-        manifest.set_exits(path, *exit_groups(rows))
-
-
-# What runs after a migration's statements (by the schema version it makes), in its transaction.
-AFTER_MIGRATION = {2: _backfill_exits}
 
 
 class _Transaction:

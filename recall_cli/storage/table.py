@@ -10,6 +10,10 @@ of the path from the root down (names.py) and the unit's text; `name` the words 
 alone (`name:WORD`).  Both are derived from the row itself on every write (`upsert`), so a moved
 or renamed file can never keep its old words.  An index made before they existed gains them in
 place (`add_text_side`).
+
+Media metadata (models/mediatext): `taken_at` (capture date, seconds, the camera's clock read as
+UTC), `camera`, `lat`/`lon`, `place`, `artist` as columns the query filters on, and all of it as
+a JSON string in `meta`.  Tables made before them gain them in place, empty (`add_meta_side`).
 """
 
 from __future__ import annotations
@@ -49,6 +53,17 @@ ANN_REFINE_FACTOR = 2  # 2 x limit candidates re-ranked by their full vectors: r
 # Added to tables made before keyword search: upgradable in place, so not required by table_problem.
 TEXT_FIELDS = (pa.field("words", pa.string()), pa.field("name", pa.string()))
 TEXT_COLUMNS = tuple(field.name for field in TEXT_FIELDS)
+META_FIELDS = (
+    pa.field("taken_at", pa.float64()),
+    pa.field("camera", pa.string()),
+    pa.field("lat", pa.float64()),
+    pa.field("lon", pa.float64()),
+    pa.field("place", pa.string()),
+    pa.field("artist", pa.string()),
+    pa.field("meta", pa.string()),
+)
+META_COLUMNS = tuple(field.name for field in META_FIELDS)
+UPGRADABLE = TEXT_COLUMNS + META_COLUMNS
 UPGRADE_BATCH = 2000  # rows per commit while an old table gains its text side
 
 
@@ -93,6 +108,7 @@ def units_schema(dim: int) -> pa.Schema:
             pa.field("cache", pa.binary()),
             pa.field("adapter_version", pa.int32()),
             pa.field("indexed_at", pa.float64()),
+            *META_FIELDS,
         ]
     )
 
@@ -104,7 +120,7 @@ def table_problem(schema: pa.Schema, dim: int | None) -> str | None:
     """What makes a units table unusable for an index whose model makes `dim`-dimensional
     vectors (None: any), or None.  Extra columns are harmless and allowed."""
     expected = units_schema(dim or 1)
-    missing = [field.name for field in expected if field.name not in schema.names and field.name not in TEXT_COLUMNS]
+    missing = [field.name for field in expected if field.name not in schema.names and field.name not in UPGRADABLE]
     if missing:
         return f"its vector table lacks the column{'s' * (len(missing) > 1)} {', '.join(missing)}"
     vector = schema.field("vector").type
@@ -125,6 +141,7 @@ class Store:
         self._text_side = False  # see has_text_side
         self._vector_index: bool | None = None  # see has_vector_index
         self.exact_search = False  # True: never through the vector index (benchmarks compare)
+        self._meta_side = False
         self.db = lancedb.connect(str(db_dir))
         existing = self.db.list_tables().tables
         if TABLE_NAME in existing and not _committed(self.db_dir):
@@ -230,6 +247,7 @@ class Store:
             "depth",
             "refined",
             "mtime_ns",
+            *self.result_meta_columns(),
             *extra,
             "_distance",
         ]
@@ -247,7 +265,8 @@ class Store:
         search = self.table.search(query, query_type="fts").limit(limit)
         if where:
             search = search.where(where, prefilter=True)
-        columns = ["path", "chunk", "modality", "snippet", "exit_block", "depth", "refined", "mtime_ns", *extra]
+        columns = ["path", "chunk", "modality", "snippet", "exit_block", "depth", "refined", "mtime_ns"]
+        columns += [*self.result_meta_columns(), *extra]
         found = search.select([*columns, "_score"]).to_arrow()
         if not len(found):
             return []
@@ -264,6 +283,10 @@ class Store:
             _from_stored(row)
         return rows
 
+    def result_meta_columns(self) -> tuple[str, ...]:
+        """The metadata a result shows (`meta` in --json), when the table has it."""
+        return ("meta",) if self.has_meta_side else ()
+
     @property
     def has_vector_index(self) -> bool:
         """Whether the vector column has an ANN index (read once per Store; `maintain` updates it)."""
@@ -279,6 +302,39 @@ class Store:
         if not self._text_side:
             self._text_side = self.table is not None and all(name in self.table.schema.names for name in TEXT_COLUMNS)
         return self._text_side
+
+    @property
+    def has_meta_side(self) -> bool:
+        """Whether the table has the media metadata columns (read live until they are there)."""
+        if not self._meta_side:
+            self._meta_side = self.table is not None and all(name in self.table.schema.names for name in META_COLUMNS)
+        return self._meta_side
+
+    def add_meta_side(self) -> None:
+        """Upgrade in place: the media metadata columns, empty.  The files that have metadata are
+        read again by the next index run (the manifest's text version says which)."""
+        missing = [field for field in META_FIELDS if field.name not in self.schema.names]
+        if missing:
+            log.info("adding media metadata columns to the index")
+            self.table.add_columns(pa.schema(missing))
+            self.schema = self.table.schema
+
+    def set_media_text(self, path: str, snippet: str, columns: dict) -> int:
+        """A file's rows take a new text side and metadata (their vectors stay): the upgrade of a
+        media file whose embedding is current.  Returns the rows changed."""
+        rows = self.table.search().where(f"path = {sql_str(stored_path(path))}").select(["id", "root"]).limit(None)
+        found = [_from_stored(row) for row in rows.to_arrow().to_pylist()]
+        if not found:
+            return 0
+        names = [name for name in ("snippet", *TEXT_COLUMNS, *META_COLUMNS) if name in self.schema.names]
+        updates = []
+        for row in found:
+            text = text_side({"path": path, "root": row["root"], "snippet": snippet})
+            values = {"snippet": snippet, **text, **columns}
+            updates.append({"id": stored_path(row["id"]), **{name: values.get(name) for name in names}})
+        schema = pa.schema([self.schema.field("id"), *(self.schema.field(name) for name in names)])
+        self.table.merge_insert("id").when_matched_update_all().execute(pa.Table.from_pylist(updates, schema=schema))
+        return len(updates)
 
     def add_text_side(self, progress: Callable[[int, int], None] | None = None) -> int:
         """Upgrade in place: give a table made before keyword search its text columns, filled from

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from recall_cli.modalities import MODALITIES
 from recall_cli.models.base import Batch, DecodeError, LayeredEncoder, Unit
 from recall_cli.models.device import pick_device, pick_dtype
 from recall_cli.models.minilm.bert import BertConfig, load_bert
@@ -27,7 +28,7 @@ MAX_CHUNKS = 200  # per file; later text is not indexed
 class MiniLM(LayeredEncoder):
     name = "minilm"
     dim = 384
-    modalities = ("text",)
+    modalities = MODALITIES  # text natively; photos, audio and video through their text side
 
     def __init__(self, folder: Path, device=None, dtype=None):
         from safetensors.torch import load_file
@@ -48,10 +49,23 @@ class MiniLM(LayeredEncoder):
     # --- decoding ---------------------------------------------------------------------
     def file_units(self, path: Path, modality: str) -> list[Unit]:
         if modality != "text":
-            raise DecodeError(f"model {self.name} cannot embed {modality}")
+            return self.media_units(path, modality)
         return [
             Unit("text", chunk, snippet=chunk, chunk=index)
             for index, chunk in enumerate(self.chunk_text(extract_text(path)))
+        ]
+
+    def media_units(self, path: Path, modality: str) -> list[Unit]:
+        """A photo, song or video as its text side (models/mediatext): units of that modality
+        whose data is text (this encoder reads any modality's units as text)."""
+        from recall_cli.models.mediatext import describe
+
+        if modality not in self.modalities:
+            raise DecodeError(f"model {self.name} cannot embed {modality}")
+        media = describe(path, modality)
+        return [
+            Unit(modality, chunk, snippet=chunk, chunk=index, meta=media.meta)
+            for index, chunk in enumerate(self.chunk_text(media.text))
         ]
 
     def text_unit(self, text: str) -> Unit:

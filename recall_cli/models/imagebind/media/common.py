@@ -8,18 +8,13 @@ from fractions import Fraction
 import torch
 
 from recall_cli.errors import first_line
+from recall_cli.models.mediatext.video import FFMPEG_INPUT_OPTIONS
+
+__all__ = ["FFMPEG_INPUT_OPTIONS"]  # the limits put on ffmpeg live with the other container reader
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGE_SIZE = 224  # side of the square every image and video frame is cropped to
-
-# What ffmpeg may do with a file: read it from disk (no network, no other protocol) and parse it
-# with a container demuxer (never a playlist or concat script, which would open other files).
-FFMPEG_INPUT_OPTIONS = {
-    "protocol_whitelist": "file",
-    "format_whitelist": "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,ogg,mp3,wav,w64,flac,aac,aiff,"
-    "asf,mpeg,mpegts,mpegvideo,m4v,h264,hevc,caf,amr,au,wv,ape,tta,dts,ac3,eac3",
-}
 
 
 def normalize(x: torch.Tensor, shape) -> torch.Tensor:

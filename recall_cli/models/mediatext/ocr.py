@@ -1,0 +1,105 @@
+"""Text in images, read by RapidOCR (PaddleOCR's models on ONNX Runtime, shipped in its wheel: no
+download at run time).
+
+Cost control: a photo without text must stay cheap.  A detection pass on a copy no larger than
+DETECT_SIDE pixels decides whether recognition runs at all; recognition then reads only the boxes
+found, cropped from the full-resolution image, so small text is read at its real size.  The engine
+is loaded once per process, on the first image that needs it.
+
+Off with `recall index --no-ocr`, or RECALL_OCR=0 in the environment (also for `recall watch`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+
+from recall_cli.models.mediatext.words import with_splits
+
+DETECT_SIDE = 960  # longer side of the detection copy: 14-px text in a 1600-px photo is still found
+MIN_SCORE = 0.5  # recognised lines less certain than this are noise (texture read as letters)
+MAX_BOXES = 200  # a page of text; a photo of gravel does not get thousands of recognitions
+_state = {"enabled": None}
+_lock = threading.Lock()
+
+
+def set_enabled(enabled: bool | None) -> bool | None:
+    """Turn OCR on or off for this process (None: back to $RECALL_OCR, on by default); returns
+    the setting it replaces, for the caller to put back."""
+    before, _state["enabled"] = _state["enabled"], enabled
+    return before
+
+
+def enabled() -> bool:
+    if _state["enabled"] is not None:
+        return _state["enabled"]
+    return os.environ.get("RECALL_OCR", "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+def available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("rapidocr_onnxruntime") is not None
+
+
+def read_text(image) -> str:
+    """The text in a PIL image, lines top to bottom, or "" when the detection pass finds none."""
+    import numpy as np
+
+    pixels = np.asarray(image.convert("RGB"))[:, :, ::-1]  # the engine works in OpenCV's BGR
+    engine, detector = _engines()
+    scale = min(1.0, DETECT_SIDE / max(pixels.shape[:2]))
+    small = pixels if scale == 1.0 else _resized(pixels, scale)
+    with _lock:  # onnxruntime sessions are shared; one image at a time per process
+        boxes, _ = detector(small)
+        if boxes is None or len(boxes) == 0:
+            return ""
+        boxes = reading_order(np.asarray(boxes[:MAX_BOXES], dtype=np.float32) / scale)
+        crops = engine.get_crop_img_list(pixels, boxes)
+        recognised, _ = engine.text_rec(crops)
+    lines = [text for text, score in recognised if score >= MIN_SCORE and text.strip()]
+    return "\n".join(with_splits(split_glued(line)) for line in lines)
+
+
+def reading_order(boxes):
+    """Boxes (N x 4 corners) top to bottom, and left to right within a line (tops within half a
+    line height of each other)."""
+    import numpy as np
+
+    if not len(boxes):
+        return boxes
+    tops, lefts = boxes[:, :, 1].min(axis=1), boxes[:, :, 0].min(axis=1)
+    height = float(np.median(boxes[:, :, 1].max(axis=1) - tops)) or 1.0
+    rows = np.round(tops / (height / 2)).astype(int)
+    order = sorted(range(len(boxes)), key=lambda i: (rows[i], lefts[i]))
+    return boxes[order].astype(np.float32)
+
+
+def split_glued(line: str) -> str:
+    """Recognition sometimes drops the space between a number and a word ('4471paid'); the index
+    searches words, so they are split again."""
+    return re.sub(r"(?<=\d)(?=[^\W\d_]{2,})|(?<=[^\W\d_]{2})(?=\d)", " ", line)
+
+
+def _resized(pixels, scale: float):
+    import cv2
+
+    height, width = pixels.shape[:2]
+    return cv2.resize(pixels, (max(32, round(width * scale)), max(32, round(height * scale))), cv2.INTER_AREA)
+
+
+_ENGINES: list = []
+
+
+def _engines():
+    """(the engine, its detector set to keep the copy at the size it is given: "min" with a small
+    limit never scales up, so the detection copy is DETECT_SIDE or less)."""
+    with _lock:
+        if not _ENGINES:
+            from rapidocr_onnxruntime import RapidOCR
+
+            engine = RapidOCR()
+            engine.text_det.limit_type, engine.text_det.limit_side_len = "min", 32
+            _ENGINES.extend((engine, engine.text_det))
+    return _ENGINES[0], _ENGINES[1]
