@@ -113,3 +113,79 @@ def run_measured(command: list[str], stdin: str | None = None, env: dict | None 
 
 def mean(values) -> float:
     return statistics.fmean(values) if values else float("nan")
+
+
+# ------------------------------------------------------------------------------------------------
+# honest speed comparisons: the machine's load checked first, arms alternated, spread printed
+# ------------------------------------------------------------------------------------------------
+
+BUSY_LOAD_PER_CORE = 0.25  # others' runnable threads per core above which timings are not published
+
+
+def cpu_busy_share(seconds: float = 1.0) -> float:
+    """Share of all cores busy over `seconds`, from /proc/stat (nan where there is none)."""
+
+    def sample():
+        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        return sum(fields), idle
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except OSError:
+        return float("nan")
+    return 1 - (idle1 - idle0) / max(total1 - total0, 1)
+
+
+def load_check(log=None) -> dict:
+    """The machine's load before a speed comparison: 1-minute load average and the share of the
+    cores busy now; `quiet` False when other work would contaminate the timings."""
+    load1 = os.getloadavg()[0]
+    busy = cpu_busy_share()
+    cores = os.cpu_count() or 1
+    quiet = load1 / cores <= BUSY_LOAD_PER_CORE and not busy > BUSY_LOAD_PER_CORE
+    check = {"loadavg_1m": round(load1, 2), "cores": cores, "busy_share": round(busy, 3), "quiet": quiet}
+    if log:
+        verdict = "quiet" if quiet else "BUSY: timings are marked and must not be published"
+        log(f"machine load: loadavg {load1:.2f} on {cores} cores, {busy:.0%} busy now -> {verdict}")
+    return check
+
+
+def cpu_seconds() -> float:
+    """CPU seconds of this process so far, every thread (torch's included)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def alternate(arms: dict, rounds: int, log=None) -> dict:
+    """Run each arm once per round, A B A B ..., so slow drift of the machine hits every arm alike.
+    `arms`: name -> callable returning a dict with at least "units" (work done); wall and CPU
+    seconds are measured here.  Returns name -> {"runs": [...], "seconds": median wall, "spread":
+    (max - min) / median, "cpu_seconds": median, plus the last run's fields}."""
+    runs: dict[str, list[dict]] = {name: [] for name in arms}
+    for round_number in range(rounds):
+        for name in arms:
+            cpu0, wall0 = cpu_seconds(), time.perf_counter()
+            result = dict(arms[name]() or {})
+            result["seconds"] = time.perf_counter() - wall0
+            result["cpu_seconds"] = cpu_seconds() - cpu0
+            runs[name].append(result)
+            if log:
+                wall, cpu = result["seconds"], result["cpu_seconds"]
+                log(f"  round {round_number + 1} {name}: {wall:.2f} s wall, {cpu:.2f} s CPU")
+    out = {}
+    for name, measured in runs.items():
+        walls = [r["seconds"] for r in measured]
+        middle = statistics.median(walls)
+        out[name] = {
+            **measured[-1],
+            "runs": walls,
+            "seconds": middle,
+            "spread": (max(walls) - min(walls)) / middle if middle else 0.0,
+            "cpu_seconds": statistics.median(r["cpu_seconds"] for r in measured),
+        }
+    return out
