@@ -116,7 +116,8 @@ def _train_predictor(records: list[dict], model, path: Path) -> None:
 def _rows(label: str, measured: dict, reference: str, bare: str | None) -> list[list]:
     rows = []
     for name, r in measured.items():
-        ideal = r["blocks_full"] / r["blocks_run"] if r.get("blocks_run") else None
+        skipped = r.get("blocks_run") and r["blocks_run"] < r["blocks_full"]
+        ideal = r["blocks_full"] / r["blocks_run"] if skipped else None  # only arms that skip blocks
         speedup = measured[reference]["seconds"] / r["seconds"]
         rows.append(
             [

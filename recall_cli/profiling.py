@@ -81,3 +81,9 @@ def stage(name: str):
     """`with stage("hashing"): ...` counts the block's time when a profile runs."""
     profile = _current
     return _NOTHING if profile is None else profile.stage(name)
+
+
+def timed(name: str, function, *args, **kwargs):
+    """`function(*args, **kwargs)`, its time counted as stage `name` when a profile runs."""
+    with stage(name):
+        return function(*args, **kwargs)

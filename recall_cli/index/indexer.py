@@ -25,7 +25,7 @@ from recall_cli.index.scan import FileEntry, scan_roots
 from recall_cli.index.sniff import sniff_path
 from recall_cli.models import MODEL_MODALITIES
 from recall_cli.paths import display_path
-from recall_cli.profiling import stage
+from recall_cli.profiling import stage, timed
 from recall_cli.storage.layout import TABLE_DIR, prepare_index_dir
 from recall_cli.storage.lock import WriterLock
 from recall_cli.storage.manifest import FileRecord, Manifest
@@ -154,8 +154,7 @@ class _IndexRun:
         if self._model is None:
             from recall_cli.index.precision import load_index_model
 
-            with stage("model load"):
-                self._model, self._precision_unchecked = load_index_model(self.manifest, self.model_name, self.options)
+            self._model, self._precision_unchecked = load_index_model(self.manifest, self.model_name, self.options)
             check_model_version(self.manifest, self._model)
             if self.store.table is None:
                 from recall_cli.storage.table import Store
@@ -165,8 +164,7 @@ class _IndexRun:
         return self._model
 
     def execute(self, roots: list[str]) -> IndexSummary:
-        with stage("scan"):
-            report = scan_roots(roots, self.options.scan)
+        report = timed("scan", scan_roots, roots, self.options.scan)
         known = self.manifest.files_under(roots)
         gone = gone_paths(known, {entry.path for entry in report.files}, report.problems)
         self._record_scan_problems(report.problems, roots)
@@ -188,11 +186,9 @@ class _IndexRun:
 
             budget = resolve_budget(self.manifest, self.options.cache_budget)
             if self.wrote:
-                with stage("cache budget"):
-                    enforce_budget(self.store, self.manifest, budget)
+                timed("cache budget", enforce_budget, self.store, self.manifest, budget)
         if self.wrote and self.maintain:
-            with stage("compaction"):
-                self.store.maintain()
+            timed("compaction", self.store.maintain)
         return self.summary
 
     def execute_paths(self, paths: list[str], path_filter) -> IndexSummary:
@@ -222,10 +218,8 @@ class _IndexRun:
 
     def _apply(self, entry: FileEntry, record: FileRecord | None) -> None:
         try:
-            with stage("hashing"):
-                content_hash = file_hash(entry.path)
-            with stage("sniffing"):
-                modality = sniff_path(Path(entry.path), entry.size)
+            content_hash = timed("hashing", file_hash, entry.path)
+            modality = timed("sniffing", sniff_path, Path(entry.path), entry.size)
         except FileNotFoundError:
             # gone since the scan (deleted, or mid-replace by an editor): what a later scan would
             # decide, now; if it comes back, the next run or watch event indexes it
@@ -255,8 +249,7 @@ class _IndexRun:
             return
         model = self.model  # loading it (or finding the index unusable) is not this file's problem
         try:
-            with stage("decoding"):
-                units = model.file_units(Path(entry.path), modality)
+            units = timed("decoding", model.file_units, Path(entry.path), modality)
         except Exception as error:  # one bad file never stops the run
             self._finish_failed(entry, content_hash, modality, _one_line(error))
             return
@@ -302,11 +295,12 @@ class _IndexRun:
         if not self.pending_units:
             return
         from recall_cli.index.pipeline import encode_units
+        from recall_cli.index.precision import check_precision
 
-        units = [unit for _, unit in self.pending_units]
-        model = self._checked_model(units)
-        with stage("encoding (other)"):
-            encoded = encode_units(model, units, policy=self.policy)
+        units, model = [unit for _, unit in self.pending_units], self.model
+        if self._precision_unchecked:  # checked on the first units this index encodes
+            self._model, self._precision_unchecked = check_precision(self.manifest, self.options, model, units), False
+        encoded = encode_units(self._model, units, policy=self.policy)
         rows, errors, counts = [], {}, {}
         for (path, unit), result in zip(self.pending_units, encoded, strict=True):
             if result.vector is None:
@@ -314,14 +308,12 @@ class _IndexRun:
                 continue
             entry, content_hash, modality, _ = self.pending_files[path]
             counts[path] = counts.get(path, 0) + 1
-            with stage("rows"):
-                rows.append(self._row(entry, content_hash, unit, result))
+            rows.append(self._row(entry, content_hash, unit, result))
         rows = [row for row in rows if row["path"] not in errors]
         done = {path: (self.pending_files[path][1], count) for path, count in counts.items() if path not in errors}
         # one commit: the new rows, and the older rows of those files (another hash, chunks past
         # the new count) gone, so a kill never leaves a file half old and half new
-        with stage("LanceDB write"):
-            self.store.upsert(rows, whole_files=done)
+        timed("LanceDB write", self.store.upsert, rows, whole_files=done)
         records = []
         for path, (entry, content_hash, modality, is_new) in self.pending_files.items():
             if path in errors:
@@ -346,17 +338,6 @@ class _IndexRun:
         self.summary.cache_bytes += sum(len(row["cache"]) for row in rows if row["cache"])
         self.wrote = True
         self.pending_units, self.pending_files = [], {}
-
-    def _checked_model(self, units) -> object:
-        """The model, its automatic precision checked on the first units it encodes for this index."""
-        model = self.model
-        if self._precision_unchecked:
-            from recall_cli.index.precision import check_precision
-
-            with stage("precision check"):
-                self._model = check_precision(self.manifest, self.model_name, self.options, model, units)
-            self._precision_unchecked = False
-        return self._model
 
     def _row(self, entry: FileEntry, content_hash: str, unit, result) -> dict:
         return {

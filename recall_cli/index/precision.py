@@ -13,6 +13,7 @@ import json
 
 from recall_cli.models import build_model, load_model
 from recall_cli.models.device import choose_precision, native_bf16_flag
+from recall_cli.profiling import stage
 from recall_cli.storage.manifest import Manifest
 
 # Embeddings this close to fp32 rank the same neighbours (ImageBind-Huge and MiniLM measure
@@ -28,15 +29,17 @@ def load_index_model(manifest: Manifest, model_name: str, options):
     """The model for an index run and whether its precision still needs the check (check_precision,
     given the first units to encode)."""
     dtype = "fp32" if options.dtype is None and _failed_check(manifest) else options.dtype
-    model = load_model(model_name, options.device, dtype, options.weights)
+    with stage("model load"):
+        model = load_model(model_name, options.device, dtype, options.weights)
     return model, _settle_without_check(manifest, model, options)
 
 
-def check_precision(manifest: Manifest, model_name: str, options, model, units) -> object:
+def check_precision(manifest: Manifest, options, model, units) -> object:
     """Compare a sample of `units` at the model's precision with fp32; record the outcome; the model
     to encode with (an fp32 one when the check failed)."""
-    reference = build_model(model_name, options.device, "fp32", options.weights)
-    cosine, checked = sample_cosine(model, reference, units)
+    with stage("precision check"):
+        reference = build_model(model.name, options.device, "fp32", options.weights)
+        cosine, checked = sample_cosine(model, reference, units)
     precision = choose_precision(model.device, options.dtype)
     passed = cosine >= CHECK_THRESHOLD
     check = {"flag": native_bf16_flag(), "passed": passed, "cosine": round(cosine, 6), "units": checked}
