@@ -132,6 +132,7 @@ def _rows(label: str, measured: dict, reference: str, bare: str | None) -> list[
                 round(ideal, 3) if ideal else "-",
                 round(speedup / ideal, 3) if ideal else "-",
                 round(measured[bare]["seconds"] / r["seconds"], 3) if bare and name != bare else "-",
+                f"{r['others_share']:.0%}" + (" BUSY" if r["busy"] else ""),
             ]
         )
     return rows
@@ -149,6 +150,7 @@ HEADERS = [
     "ideal",
     "of ideal",
     "x bare rate",
+    "others' CPU (worst run)",
 ]
 
 
@@ -271,20 +273,26 @@ def main(quick: bool = False, rounds: int = 2) -> str:
         shutil.rmtree(work, ignore_errors=True)
     data["load_after"] = load_check(log)
     markdown = render(data)
-    if load["quiet"] and data["load_after"]["quiet"] and not quick:
+    if not _busy(data) and not quick:
         write_results("speed", json.loads(json.dumps(data, default=str)), markdown)
     else:
         log("not written to benchmarks/results (quick run, or the machine was busy)")
     return markdown
 
 
+def _busy(data: dict) -> bool:
+    arms = [r for section in ("minilm", "imagebind_huge") for r in data.get(section, {}).get("measured", {}).values()]
+    return not (data["load_before"]["quiet"] and data["load_after"]["quiet"]) or any(r["busy"] for r in arms)
+
+
 def render(data: dict) -> str:
     load, after = data["load_before"], data["load_after"]
-    busy = "" if load["quiet"] and after["quiet"] else " **BUSY: other work shared the CPU; timings not publishable.**"
+    busy = " **BUSY: other work shared the CPU; timings not publishable.**" if _busy(data) else ""
     md = [
         "# Indexing speed\n",
-        f"Machine: {machine_line(data['machine'])}, {data['threads']} torch threads. Load before: loadavg "
-        f"{load['loadavg_1m']}, {load['busy_share']:.0%} busy; after: loadavg {after['loadavg_1m']}.{busy} "
+        f"Machine: {machine_line(data['machine'])}, {data['threads']} torch threads. Other processes' share "
+        f"of the cores before: {load['busy_share']:.0%} (loadavg {load['loadavg_1m']}); after: "
+        f"{after['busy_share']:.0%}.{busy} "
         f"Arms alternated, {data['rounds']} rounds; seconds are medians, spread = (max - min) / median.\n",
     ]
     mini = data["minilm"]
