@@ -196,6 +196,8 @@ def _take_states(path, group, alive: list[int], exits: list[int], plan: ExitPlan
         for local, item in enumerate(alive)
         if exits[item] < plan.depth and out.states[item] is None and path.resume_block(exits[item]) == position
     ]
+    if not wanted:  # most exit points of a group: nothing to take, no tensor work
+        return
     for local, states in zip(wanted, item_states(group, wanted), strict=True):
         out.states[alive[local]] = states
         out.state_blocks[alive[local]] = position
