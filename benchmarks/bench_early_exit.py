@@ -134,13 +134,18 @@ def _index_pair(files_dir: Path, work: Path, model: str, policies: list[str], lo
     """The real indexer on the same files: --full and each early-exit policy, alternated over
     ROUNDS rounds (median seconds, spread, CPU seconds)."""
     from recall_cli.index.indexer import IndexOptions, index_roots
+    from recall_cli.models.device import choose_precision
+
+    precision = choose_precision("cpu").name
 
     warm = work / "warm"  # first use of a model builds/loads it: not part of any timing
     if not warm.exists():
         warm.mkdir(parents=True)
         for path in sorted(files_dir.iterdir())[:2]:
             shutil.copy(path, warm / path.name)
-    index_roots([str(warm)], work / f"db-warm-{model}", IndexOptions(model=model, exit_policy="fixed:1"))
+    index_roots(
+        [str(warm)], work / f"db-warm-{model}", IndexOptions(model=model, dtype=precision, exit_policy="fixed:1")
+    )
     shutil.rmtree(warm)
 
     def arm(spec: str):
@@ -152,7 +157,10 @@ def _index_pair(files_dir: Path, work: Path, model: str, policies: list[str], lo
             if spec.startswith("predictor:"):  # a trained predictor file to copy into the index first
                 db.mkdir(parents=True)
                 shutil.copy(spec.split(":", 1)[1], db / "predictor.safetensors")
-            options = IndexOptions(model=model, full=(name == "full"), exit_policy=None if name == "full" else name)
+            # the default precision, named: a fresh index would otherwise check it against fp32 first
+            options = IndexOptions(
+                model=model, dtype=precision, full=(name == "full"), exit_policy=None if name == "full" else name
+            )
             summary = index_roots([str(files_dir)], db, options)
             return {
                 "policy": name,
