@@ -10,11 +10,15 @@ why, and later runs neither repeat the check nor re-decide.
 from __future__ import annotations
 
 import json
+import logging
 
+from recall_cli.errors import first_line
 from recall_cli.models import build_model, load_model
 from recall_cli.models.device import choose_precision, native_bf16_flag
 from recall_cli.profiling import stage
 from recall_cli.storage.manifest import Manifest
+
+log = logging.getLogger("recall")
 
 # Embeddings this close to fp32 rank the same neighbours (ImageBind-Huge and MiniLM measure
 # >= 0.9999); a model or CPU that misses it by a wide margin is computing something else.
@@ -37,10 +41,15 @@ def load_index_model(manifest: Manifest, model_name: str, options):
 def check_precision(manifest: Manifest, options, model, units) -> object:
     """Compare a sample of `units` at the model's precision with fp32; record the outcome; the model
     to encode with (an fp32 one when the check failed)."""
-    with stage("precision check"):
-        reference = build_model(model.name, options.device, "fp32", options.weights)
-        cosine, checked = sample_cosine(model, reference, units)
     precision = choose_precision(model.device, options.dtype)
+    try:
+        with stage("precision check"):
+            reference = build_model(model.name, options.device, "fp32", options.weights)
+            cosine, checked = sample_cosine(model, reference, units)
+    except Exception as error:  # a unit the model cannot encode is its file's problem, not the run's
+        log.warning("precision check skipped this run: %s", first_line(error))
+        _record(manifest, "bf16", f"{precision.reason}; not checked yet (the next run checks it)")
+        return model
     passed = cosine >= CHECK_THRESHOLD
     check = {"flag": native_bf16_flag(), "passed": passed, "cosine": round(cosine, 6), "units": checked}
     with manifest.transaction():
