@@ -26,7 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from .common import CORPUS, machine_info, machine_line, markdown_table, write_results
+from .common import CORPUS, alternate, load_check, machine_info, machine_line, markdown_table, write_results
+
+ROUNDS = 2  # every throughput comparison alternates its arms, A B A B
 
 
 def _retrieval(queries, docs) -> dict:
@@ -129,45 +131,50 @@ def _predictor_study(emb, superficials, points, log, seed=0) -> dict:
 
 
 def _index_pair(files_dir: Path, work: Path, model: str, policies: list[str], log) -> list[dict]:
-    """The real indexer on the same files: --full first, then each early-exit policy."""
+    """The real indexer on the same files: --full and each early-exit policy, alternated over
+    ROUNDS rounds (median seconds, spread, CPU seconds)."""
     from recall_cli.index.indexer import IndexOptions, index_roots
+    from recall_cli.models.device import choose_precision
 
-    results = []
+    precision = choose_precision("cpu").name
+
     warm = work / "warm"  # first use of a model builds/loads it: not part of any timing
     if not warm.exists():
         warm.mkdir(parents=True)
         for path in sorted(files_dir.iterdir())[:2]:
             shutil.copy(path, warm / path.name)
-    index_roots([str(warm)], work / f"db-warm-{model}", IndexOptions(model=model, exit_policy="fixed:1"))
+    index_roots(
+        [str(warm)], work / f"db-warm-{model}", IndexOptions(model=model, dtype=precision, exit_policy="fixed:1")
+    )
     shutil.rmtree(warm)
-    for name in ["full", *policies]:
-        db = work / f"db-{len(results)}"
-        shutil.rmtree(db, ignore_errors=True)
-        if name.startswith("predictor:"):  # a trained predictor file to copy into the index first
-            db.mkdir(parents=True)
-            shutil.copy(name.split(":", 1)[1], db / "predictor.safetensors")
-            name = "predictor"
-        options = IndexOptions(model=model, full=(name == "full"), exit_policy=None if name == "full" else name)
-        started = time.perf_counter()
-        summary = index_roots([str(files_dir)], db, options)
-        wall = time.perf_counter() - started
-        results.append(
-            {
+
+    def arm(spec: str):
+        name = "predictor" if spec.startswith("predictor:") else spec
+
+        def run() -> dict:
+            db = work / f"db-{model}"
+            shutil.rmtree(db, ignore_errors=True)
+            if spec.startswith("predictor:"):  # a trained predictor file to copy into the index first
+                db.mkdir(parents=True)
+                shutil.copy(spec.split(":", 1)[1], db / "predictor.safetensors")
+            # the default precision, named: a fresh index would otherwise check it against fp32 first
+            options = IndexOptions(
+                model=model, dtype=precision, full=(name == "full"), exit_policy=None if name == "full" else name
+            )
+            summary = index_roots([str(files_dir)], db, options)
+            return {
                 "policy": name,
-                "seconds": wall,
                 "units": summary.units_encoded,
                 "files": summary.added,
                 "blocks_run": summary.blocks_run,
                 "blocks_full": summary.blocks_full,
                 "cache_bytes": summary.cache_bytes,
-                "files_per_s": summary.added / wall,
             }
-        )
-        log(
-            f"  {model} {name}: {summary.added} files in {wall:.1f} s, "
-            f"blocks {summary.blocks_run}/{summary.blocks_full}"
-        )
-    return results
+
+        return name, run
+
+    measured = alternate(dict(arm(spec) for spec in ["full", *policies]), ROUNDS, log)
+    return [{**r, "files_per_s": r["files"] / r["seconds"]} for r in measured.values()]
 
 
 def _throughput_rows(label: str, results: list[dict]) -> list[list]:
@@ -181,6 +188,8 @@ def _throughput_rows(label: str, results: list[dict]) -> list[list]:
                 r["policy"],
                 r["files"],
                 round(r["seconds"], 2),
+                f"{r['spread']:.0%}",
+                round(r["cpu_seconds"] / max(r["files"], 1), 3),
                 round(r["files_per_s"], 2),
                 round(full["seconds"] / r["seconds"], 3),
                 round(ideal, 3),
@@ -245,13 +254,14 @@ def main(quick: bool = False) -> str:
         print(message, file=sys.stderr, flush=True)
 
     info = machine_info()
+    load = load_check(log)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     records = [json.loads(line) for line in CORPUS.read_text().splitlines() if line.strip()]
     if quick:
         records = records[:300]
     docs = [r["doc"] for r in records]
     queries = [r["query"] for r in records]
-    data: dict = {"machine": info, "quick": quick, "corpus": str(CORPUS), "documents": len(docs)}
+    data: dict = {"machine": info, "load_before": load, "quick": quick, "corpus": str(CORPUS), "documents": len(docs)}
     model = load_model("minilm", "cpu")
     depth = model.depth("text")
     points = exit_plan(model, "text").points
@@ -328,15 +338,21 @@ def main(quick: bool = False) -> str:
             data["imagebind_huge_encode"] = huge
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    after = data["load_after"] = load_check(log)
+    timed_runs = [*minilm_runs, *test_runs]
+    busy = not (load["quiet"] and after["quiet"]) or any(r["busy"] for r in timed_runs)
 
     # ---- Markdown ----
     md = [
-        "# Early exit (issue 4)\n",
-        f"Machine: {machine_line(info)}. {len(docs)} docstring documents"
-        f"{' (quick)' if quick else ''}. Timings taken while other processes shared the CPU may be noisy; "
-        "ratios are from the same run.\n",
+        "# Early exit\n",
+        f"Machine: {machine_line(info)}. {len(docs)} docstring documents{' (quick)' if quick else ''}. "
+        f"Other processes' share of the cores before: {load['busy_share']:.0%} (loadavg {load['loadavg_1m']}); "
+        f"after: {after['busy_share']:.0%}; worst during a timed run: "
+        f"{max(r['others_share'] for r in timed_runs):.0%}.\n",
     ]
-    md.append("## Indexing throughput: early exit vs full depth (same files, one run)\n")
+    md.append(f"## Indexing throughput: early exit vs full depth (same files, arms alternated, {ROUNDS} rounds)\n")
+    if busy:
+        md.append("**BUSY: other work shared the CPU during these timings; do not publish them.**\n")
     rows = _throughput_rows("minilm docstrings", minilm_runs) + _throughput_rows("imagebind-test PNG", test_runs)
     if huge:
         full = huge["full"]
@@ -347,6 +363,8 @@ def main(quick: bool = False) -> str:
                     name,
                     r["images"],
                     round(r["seconds"], 2),
+                    "one run",
+                    "-",
                     round(r["images"] / r["seconds"], 3),
                     round(full["seconds"] / r["seconds"], 3),
                     round(r["blocks_full"] / r["blocks_run"], 3),
@@ -359,7 +377,9 @@ def main(quick: bool = False) -> str:
                 "corpus",
                 "policy",
                 "files",
-                "seconds",
+                "seconds (median)",
+                "spread",
+                "CPU s/file",
                 "files/s",
                 "speed-up (measured)",
                 "ideal (full/run blocks)",

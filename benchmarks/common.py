@@ -113,3 +113,83 @@ def run_measured(command: list[str], stdin: str | None = None, env: dict | None 
 
 def mean(values) -> float:
     return statistics.fmean(values) if values else float("nan")
+
+
+# ------------------------------------------------------------------------------------------------
+# honest speed comparisons: the machine's load checked first, arms alternated, spread printed
+# ------------------------------------------------------------------------------------------------
+
+BUSY_SHARE = 0.15  # share of the cores used by other processes above which timings are not published
+
+
+def system_busy_seconds() -> float:
+    """CPU seconds every process on the machine has used since boot, from /proc/stat (nan: none)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def others_share(busy_before: float, own_cpu: float, wall: float) -> float:
+    """Share of the cores other processes used over `wall` seconds (ours taken out)."""
+    cores = os.cpu_count() or 1
+    return max(0.0, (system_busy_seconds() - busy_before - own_cpu) / (wall * cores)) if wall > 0 else 0.0
+
+
+def load_check(log=None, seconds: float = 3.0) -> dict:
+    """The machine's load before (or after) a speed comparison, while this process idles: the
+    share of the cores others use over `seconds` (the load average is reported too, but it still
+    carries the last minute of our own work); `quiet` False when others would contaminate timings."""
+    busy0, cpu0, wall0 = system_busy_seconds(), cpu_seconds(), time.perf_counter()
+    time.sleep(seconds)
+    busy = others_share(busy0, cpu_seconds() - cpu0, time.perf_counter() - wall0)
+    load1, cores = os.getloadavg()[0], os.cpu_count() or 1
+    quiet = not busy > BUSY_SHARE
+    check = {"loadavg_1m": round(load1, 2), "cores": cores, "busy_share": round(busy, 3), "quiet": quiet}
+    if log:
+        verdict = "quiet" if quiet else "BUSY: timings are marked and must not be published"
+        log(f"machine load: others use {busy:.0%} of {cores} cores (loadavg {load1:.2f}) -> {verdict}")
+    return check
+
+
+def cpu_seconds() -> float:
+    """CPU seconds of this process so far, every thread (torch's included)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def alternate(arms: dict, rounds: int, log=None) -> dict:
+    """Run each arm once per round, A B A B ..., so slow drift of the machine hits every arm alike.
+    `arms`: name -> callable returning a dict with at least "units" (work done); wall and CPU
+    seconds are measured here.  Returns name -> {"runs": [...], "seconds": median wall, "spread":
+    (max - min) / median, "cpu_seconds": median, plus the last run's fields}."""
+    runs: dict[str, list[dict]] = {name: [] for name in arms}
+    for round_number in range(rounds):
+        for name in arms:
+            busy0, cpu0, wall0 = system_busy_seconds(), cpu_seconds(), time.perf_counter()
+            result = dict(arms[name]() or {})
+            result["seconds"] = time.perf_counter() - wall0
+            result["cpu_seconds"] = cpu_seconds() - cpu0
+            result["others_share"] = others_share(busy0, result["cpu_seconds"], result["seconds"])
+            runs[name].append(result)
+            if log:
+                wall, cpu, others = result["seconds"], result["cpu_seconds"], result["others_share"]
+                log(f"  round {round_number + 1} {name}: {wall:.2f} s wall, {cpu:.2f} s CPU, others {others:.0%}")
+    out = {}
+    for name, measured in runs.items():
+        walls = [r["seconds"] for r in measured]
+        middle = statistics.median(walls)
+        out[name] = {
+            **measured[-1],
+            "runs": walls,
+            "seconds": middle,
+            "spread": (max(walls) - min(walls)) / middle if middle else 0.0,
+            "cpu_seconds": statistics.median(r["cpu_seconds"] for r in measured),
+            "others_share": max(r["others_share"] for r in measured),  # the worst run
+            "busy": any(r["others_share"] > BUSY_SHARE for r in measured),
+        }
+    return out

@@ -15,7 +15,7 @@ import traceback
 
 from .common import RESULTS, machine_info, machine_line
 
-SUITES = ["core", "early_exit", "heal", "imagebind", "watch", "speculative", "hybrid", "server", "mediatext"]
+SUITES = ["core", "early_exit", "speed", "heal", "imagebind", "watch", "speculative", "hybrid", "server", "mediatext"]
 
 
 def main() -> None:

@@ -15,6 +15,9 @@ from recall_cli.cli.commands import app
 REPO = Path(__file__).resolve().parent.parent
 
 os.environ.setdefault("RECALL_DEVICE", "cpu")
+# the suite compares models with their references in fp32; the automatic precision (bf16 on a CPU
+# with native bfloat16) is tested on its own in tests/test_precision.py
+os.environ.setdefault("RECALL_DTYPE", "fp32")
 # a query would leave a query server running per test index: only the tests of that feature want one
 os.environ.setdefault("RECALL_SERVER_AUTOSTART", "0")
 

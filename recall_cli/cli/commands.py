@@ -20,6 +20,7 @@ from recall_cli.cli.guard import EXIT_NO_RESULTS, EXIT_OK, EXIT_PARTIAL, run_gua
 from recall_cli.cli.params import (
     DbOption,
     DeviceOption,
+    DtypeOption,
     ExcludeOption,
     FollowOption,
     HiddenOption,
@@ -27,7 +28,7 @@ from recall_cli.cli.params import (
     NoIgnoreOption,
     WeightsOption,
 )
-from recall_cli.cli.reports import format_heal, report_index
+from recall_cli.cli.reports import format_heal, profiled, report_index
 from recall_cli.cli.server_commands import server_app
 from recall_cli.errors import RecallError
 
@@ -71,6 +72,7 @@ def index(
     ),
     no_ocr: bool = params.NoOcrOption,
     device: Optional[str] = DeviceOption,
+    dtype: Optional[str] = DtypeOption,
     weights: Optional[Path] = WeightsOption,
     full: bool = typer.Option(
         False,
@@ -96,6 +98,9 @@ def index(
         "the old one is replaced only once the new one is complete.",
     ),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+    profile: bool = typer.Option(
+        False, "--profile", help="Print where the time went (seconds per stage) to stderr at the end."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="More detail."),
 ) -> None:
@@ -115,6 +120,7 @@ def index(
             model=model,
             retry_failed=retry_failed,
             device=device,
+            dtype=dtype,
             weights=str(weights) if weights else None,
             full=full,
             exit_policy=exit_policy,
@@ -125,7 +131,7 @@ def index(
         build = index_roots
         if rebuild:
             from recall_cli.index.rebuild import rebuild_roots as build
-        with index_progress(enabled=not quiet) as progress:
+        with index_progress(enabled=not quiet) as progress, profiled(profile):
             summary = build([str(path) for path in paths], resolve_db(db), options, progress)
         report_index(summary, json_out, quiet)
         return EXIT_PARTIAL if summary.failed else EXIT_OK

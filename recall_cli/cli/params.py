@@ -7,6 +7,12 @@ import typer
 
 ModelOption = typer.Option(None, "--model", "-m", help="Embedding model for a new index: minilm, imagebind-huge.")
 DeviceOption = typer.Option(None, "--device", help="auto, cpu, cuda or mps.")
+DtypeOption = typer.Option(
+    None,
+    "--dtype",
+    help="Precision: auto (bf16 on a CPU with native bfloat16, checked against fp32; else fp32; fp16 on GPUs), "
+    "fp32, bf16 or fp16.",
+)
 WeightsOption = typer.Option(None, "--weights", help="Model weights file or folder (manual placement).")
 HiddenOption = typer.Option(False, "--hidden", help="Include hidden files and directories.")
 NoIgnoreOption = typer.Option(

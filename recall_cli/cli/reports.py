@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
 
 import typer
 
 from recall_cli.paths import display_path, printable
+
+
+@contextlib.contextmanager
+def profiled(asked: bool):
+    """`recall index --profile` (or RECALL_PROFILE=1): the stage profile on stderr at the end."""
+    from recall_cli import profiling
+
+    if not (asked or profiling.requested()):
+        yield
+        return
+    profiling.start()
+    try:
+        yield
+    finally:
+        profile = profiling.stop()
+        sys.stderr.write(profile.report() + "\n")
 
 
 def report_index(summary, json_out: bool, quiet: bool) -> None:
@@ -51,6 +69,7 @@ def format_stats(stats: dict) -> str:
     lines = [
         f"index        {stats['db']}",
         f"model        {stats['model']} ({stats['model_version'] or 'not loaded yet'})",
+        f"precision    {_precision_line(stats.get('precision'))}",
         f"roots        {', '.join(display_path(root) for root in stats['roots']) or '-'}",
         f"files        {stats['files']}  (ok {stats['files_by_status']['ok']}, "
         f"failed {stats['files_by_status']['error']}, skipped {stats['files_by_status']['skipped']})",
@@ -101,6 +120,12 @@ def format_stats(stats: dict) -> str:
         lines.append("failures (first 20; retry with `recall index --retry-failed`):")
         lines.extend(f"  {display_path(item['path'])}: {printable(item['error'])}" for item in stats["failures"])
     return "\n".join(lines)
+
+
+def _precision_line(precision: dict | None) -> str:
+    if not precision:
+        return "not chosen yet (the first index run chooses it)"
+    return f"{precision['name']} ({precision['reason']})"
 
 
 def human_bytes(count: int) -> str:

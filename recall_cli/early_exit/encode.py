@@ -19,6 +19,7 @@ import torch
 
 from recall_cli.early_exit.plan import ExitPlan, exit_plan
 from recall_cli.early_exit.policy import ExitPolicy
+from recall_cli.profiling import stage
 
 
 @dataclass
@@ -47,11 +48,22 @@ def drop_padding_columns(batch):
 
 def item_states(batch, local_items: list[int]) -> list[list[Any]]:
     """Per item of the batch: the hidden state of each of its sequences, real tokens only, on CPU."""
-    out = []
-    for item in local_items:
-        rows = (batch.owner == item).nonzero().flatten().tolist()
-        out.append([batch.hidden[row][batch.mask[row]].detach().cpu() for row in rows])
-    return out
+    rows_of: dict[int, list[int]] = {}  # one pass over the owners, not one tensor search per item
+    for row, item in enumerate(batch.owner.tolist()):
+        rows_of.setdefault(item, []).append(row)
+    real = _real_tokens(batch)
+    return [[real(row) for row in rows_of.get(item, [])] for item in local_items]
+
+
+def _real_tokens(batch):
+    """row -> a CPU copy of that sequence's real tokens.  Where every mask row is real tokens then
+    padding (text), a slice copy: about 5x cheaper than boolean indexing row by row."""
+    lengths = batch.mask.sum(dim=1)
+    columns = torch.arange(batch.mask.shape[1], device=batch.mask.device)
+    if bool((batch.mask == (columns[None, :] < lengths[:, None])).all()):
+        counts = lengths.tolist()
+        return lambda row: batch.hidden[row, : counts[row]].detach().to("cpu", copy=True)
+    return lambda row: batch.hidden[row][batch.mask[row]].detach().cpu()
 
 
 class _BasePath:
@@ -60,15 +72,17 @@ class _BasePath:
     def __init__(self, model, modality: str, out: ExitOutput):
         self.model, self.modality, self.out = model, modality, out
 
-    def run(self, batch, start: int, stop: int):
+    def run(self, batch, start: int, stop: int, stage_name: str = "remaining blocks"):
         for index in range(start, stop):
-            batch = batch.with_hidden(self.model.block(self.modality, index, batch.hidden, batch.mask))
+            with stage(stage_name):
+                batch = batch.with_hidden(self.model.block(self.modality, index, batch.hidden, batch.mask))
             self.out.block_calls += 1
             self.out.sequence_blocks += int(batch.hidden.shape[0])
         return batch
 
     def embed(self, batch, exit_block: int):
-        return self.model.embed(batch, exit_block)
+        with stage("heads"):
+            return self.model.embed(batch, exit_block)
 
     def resume_block(self, exit_block: int) -> int:
         return exit_block
@@ -82,13 +96,15 @@ class _HealedPath(_BasePath):
         super().__init__(healed.model, modality, out)
         self.healed = healed
 
-    def run(self, batch, start: int, stop: int):
+    def run(self, batch, start: int, stop: int, stage_name: str = "remaining blocks (healed)"):
         self.out.block_calls += stop - start
         self.out.sequence_blocks += (stop - start) * int(batch.hidden.shape[0])
-        return self.healed.run(batch, start, stop)
+        with stage(stage_name):
+            return self.healed.run(batch, start, stop)
 
     def embed(self, batch, exit_block: int):
-        return self.healed.embed(batch, exit_block)
+        with stage("heads (healed)"):
+            return self.healed.embed(batch, exit_block)
 
     def resume_block(self, exit_block: int) -> int:
         return self.healed.resume_block(exit_block)
@@ -106,15 +122,18 @@ def encode_with_exits(
     out = ExitOutput(torch.zeros(n, model.dim), [plan.depth] * n, plan.depth, [None] * n, [None] * n)
     base = _BasePath(model, modality, out)
     with torch.inference_mode():
-        batch = model.tokenize(modality, data)
+        with stage("tokenising"):
+            batch = model.tokenize(modality, data)
         if policy.is_full(modality):
-            batch = base.run(batch, 0, plan.depth)
-            out.vectors = model.embed(batch, plan.depth).float().cpu()
+            batch = base.run(batch, 0, plan.depth, "blocks (full depth)")
+            out.vectors = base.embed(batch, plan.depth).float().cpu()
             return out
-        batch = base.run(batch, 0, plan.k0)
-        superficial = model.embed(batch, plan.k0)
-        out.exits = [plan.snap(max(int(e), plan.k0)) for e in policy.choose(modality, plan, superficial)]
-        healed = policy.healed_for(model, modality)
+        batch = base.run(batch, 0, plan.k0, "first k0 blocks")
+        with stage("predictor (k0 head + policy)"):
+            superficial = model.embed(batch, plan.k0)
+            out.exits = [plan.snap(max(int(e), plan.k0)) for e in policy.choose(modality, plan, superficial)]
+        with stage("healed exits (load)"):
+            healed = policy.healed_for(model, modality)
         if healed is None:
             _advance(base, batch, list(range(n)), out.exits, plan, keep_states)
             return out
@@ -133,7 +152,9 @@ def _advance_healed(base: _BasePath, healed_path: _HealedPath, batch, plan: Exit
     early = [i for i, e in enumerate(exits) if e < plan.depth]
     for path, items in ((base, full), (healed_path, early)):
         if items:
-            _advance(path, drop_padding_columns(batch.select_items(items)), items, exits, plan, keep_states)
+            with stage("regrouping"):
+                group = drop_padding_columns(batch.select_items(items))
+            _advance(path, group, items, exits, plan, keep_states)
 
 
 def _advance(path, group, alive: list[int], exits: list[int], plan: ExitPlan, keep_states: bool) -> None:
@@ -150,23 +171,33 @@ def _advance(path, group, alive: list[int], exits: list[int], plan: ExitPlan, ke
             if keep_states:
                 _keep_states_at(path, group, alive, exits, plan, position)
         stopping = [local for local, item in enumerate(alive) if exits[item] == point]
-        for local, vector in zip(stopping, path.embed(group.select_items(stopping), point).float().cpu(), strict=True):
+        with stage("regrouping"):
+            leaving = group.select_items(stopping)
+        for local, vector in zip(stopping, path.embed(leaving, point).float().cpu(), strict=True):
             out.vectors[alive[local]] = vector
         keep = [local for local, item in enumerate(alive) if exits[item] != point]
         if not keep:
             break
-        group = drop_padding_columns(group.select_items(keep))
+        with stage("regrouping"):
+            group = drop_padding_columns(group.select_items(keep))
         alive = [alive[local] for local in keep]
 
 
 def _keep_states_at(path, group, alive: list[int], exits: list[int], plan: ExitPlan, position: int) -> None:
     """Take the states of the early-exiting items whose refinement resumes at `position` (once each)."""
+    with stage("state capture"):
+        _take_states(path, group, alive, exits, plan, position)
+
+
+def _take_states(path, group, alive: list[int], exits: list[int], plan: ExitPlan, position: int) -> None:
     out = path.out
     wanted = [
         local
         for local, item in enumerate(alive)
         if exits[item] < plan.depth and out.states[item] is None and path.resume_block(exits[item]) == position
     ]
+    if not wanted:  # most exit points of a group: nothing to take, no tensor work
+        return
     for local, states in zip(wanted, item_states(group, wanted), strict=True):
         out.states[alive[local]] = states
         out.state_blocks[alive[local]] = position

@@ -28,6 +28,7 @@ from recall_cli.index.sniff import sniff_path
 from recall_cli.models import MODEL_MODALITIES
 from recall_cli.models.mediatext import meta_columns
 from recall_cli.paths import display_path
+from recall_cli.profiling import stage, timed
 from recall_cli.storage.layout import TABLE_DIR, prepare_index_dir
 from recall_cli.storage.lock import WriterLock
 from recall_cli.storage.manifest import FileRecord, Manifest
@@ -126,6 +127,7 @@ class _IndexRun:
         self.should_stop: Callable[[], bool] = lambda: False
         self.maintain = True  # compact after writing (`recall watch` does it when idle instead)
         self._policy = None
+        self._precision_unchecked = False  # an automatic bf16 not yet compared with fp32 on this index
         if options.full:
             manifest.set_meta("full_depth", "1")
 
@@ -159,9 +161,9 @@ class _IndexRun:
     @property
     def model(self):
         if self._model is None:
-            from recall_cli.models import load_model
+            from recall_cli.index.precision import load_index_model
 
-            self._model = load_model(self.model_name, self.options.device, self.options.dtype, self.options.weights)
+            self._model, self._precision_unchecked = load_index_model(self.manifest, self.model_name, self.options)
             check_model_version(self.manifest, self._model)
             if self.store.table is None:
                 from recall_cli.storage.table import Store
@@ -171,7 +173,7 @@ class _IndexRun:
         return self._model
 
     def execute(self, roots: list[str]) -> IndexSummary:
-        report = scan_roots(roots, self.options.scan)
+        report = timed("scan", scan_roots, roots, self.options.scan)
         known = self.manifest.files_under(roots)
         gone = gone_paths(known, {entry.path for entry in report.files}, report.problems)
         self._record_scan_problems(report.problems, roots)
@@ -193,9 +195,9 @@ class _IndexRun:
 
             budget = resolve_budget(self.manifest, self.options.cache_budget)
             if self.wrote:
-                enforce_budget(self.store, self.manifest, budget)
+                timed("cache budget", enforce_budget, self.store, self.manifest, budget)
         if self.wrote and self.maintain:
-            self.store.maintain()
+            timed("compaction", self.store.maintain)
         return self.summary
 
     def execute_paths(self, paths: list[str], path_filter) -> IndexSummary:
@@ -225,8 +227,8 @@ class _IndexRun:
 
     def _apply(self, entry: FileEntry, record: FileRecord | None) -> None:
         try:
-            content_hash = file_hash(entry.path)
-            modality = sniff_path(Path(entry.path), entry.size)
+            content_hash = timed("hashing", file_hash, entry.path)
+            modality = timed("sniffing", sniff_path, Path(entry.path), entry.size)
         except FileNotFoundError:
             # gone since the scan (deleted, or mid-replace by an editor): what a later scan would
             # decide, now; if it comes back, the next run or watch event indexes it
@@ -265,8 +267,8 @@ class _IndexRun:
             return
         model = self.model  # loading it (or finding the index unusable) is not this file's problem
         try:
-            units = model.file_units(Path(entry.path), modality)
-            attach_text_side(units, entry.path, modality)
+            units = timed("decoding", model.file_units, Path(entry.path), modality)
+            timed("media text", attach_text_side, units, entry.path, modality)
         except Exception as error:  # one bad file never stops the run
             self._finish_failed(entry, content_hash, modality, _one_line(error))
             return
@@ -282,8 +284,12 @@ class _IndexRun:
         if not self.pending_units:
             return
         from recall_cli.index.pipeline import encode_units
+        from recall_cli.index.precision import check_precision
 
-        encoded = encode_units(self.model, [unit for _, unit in self.pending_units], policy=self.policy)
+        units, model = [unit for _, unit in self.pending_units], self.model
+        if self._precision_unchecked:  # checked on the first units this index encodes
+            self._model, self._precision_unchecked = check_precision(self.manifest, self.options, model, units), False
+        encoded = encode_units(self._model, units, policy=self.policy)
         rows, errors, counts = [], {}, {}
         for (path, unit), result in zip(self.pending_units, encoded, strict=True):
             if result.vector is None:
@@ -296,7 +302,7 @@ class _IndexRun:
         done = {path: (self.pending_files[path][1], count) for path, count in counts.items() if path not in errors}
         # one commit: the new rows, and the older rows of those files (another hash, chunks past
         # the new count) gone, so a kill never leaves a file half old and half new
-        self.store.upsert(rows, whole_files=done)
+        timed("LanceDB write", self.store.upsert, rows, whole_files=done)
         records = []
         for path, (entry, content_hash, modality, is_new) in self.pending_files.items():
             if path in errors:
@@ -311,7 +317,7 @@ class _IndexRun:
                 self.summary.updated += 1
         from recall_cli.storage.manifest import exit_groups
 
-        with self.manifest.transaction():  # records and their exit rows, or none of them
+        with stage("manifest write"), self.manifest.transaction():  # records and their exit rows, or none
             self.manifest.upsert(records)
             for path in done:
                 self.manifest.set_exits(path, *exit_groups([row for row in rows if row["path"] == path]))

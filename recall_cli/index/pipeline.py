@@ -10,6 +10,7 @@ import numpy as np
 
 from recall_cli.modalities import batch_size
 from recall_cli.models.base import LayeredEncoder, Unit
+from recall_cli.profiling import stage
 
 
 @dataclass
@@ -58,7 +59,10 @@ def _encode_batch(model: LayeredEncoder, modality: str, units: list[Unit], polic
         results = []
         for vector, exit_block, states, block in zip(vectors, out.exits, out.states, out.state_blocks, strict=True):
             refined = exit_block == out.depth
-            cache = encode_blob(states, block if block is not None else exit_block) if states and not refined else None
+            with stage("INT4 packing"):
+                cache = (
+                    encode_blob(states, block if block is not None else exit_block) if states and not refined else None
+                )
             results.append(
                 Encoded(vector, exit_block, out.depth, refined, cache, 0 if refined else out.adapter_version)
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from recall_cli.index.precision import stored_precision
 from recall_cli.paths import json_safe
 from recall_cli.storage.layout import directory_bytes, table_files
 from recall_cli.storage.manifest import SCHEMA_VERSION, Manifest
@@ -20,6 +21,7 @@ def collect_stats(db_dir: Path) -> dict:
             "model": manifest.get_meta("model"),
             "model_version": manifest.get_meta("model_version"),
             "dim": int(manifest.get_meta("dim", "0")),
+            "precision": stored_precision(manifest),
             "roots": counts["roots"],
             "files": sum(counts["by_status"].values()),
             "files_by_status": {status: counts["by_status"].get(status, 0) for status in ("ok", "error", "skipped")},

@@ -57,7 +57,9 @@ _LOADED: dict[tuple, object] = {}
 def load_model(name: str, device: str | None = None, dtype: str | None = None, weights=None):
     """The named model, ready for inference, on the chosen device.  Loaded once per process for
     the same arguments (batch queries, the watch server and tests reuse it)."""
-    key = (name, device, dtype, str(weights) if weights else None)
+    from recall_cli.models.device import precision_key
+
+    key = (name, device, precision_key(dtype), str(weights) if weights else None)
     if key not in _LOADED:
         _LOADED[key] = build_model(name, device, dtype, weights)
     return _LOADED[key]

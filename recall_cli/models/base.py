@@ -158,6 +158,10 @@ class LayeredEncoder(ABC):
         per_sequence = self.head(batch.modality, batch.hidden, batch.mask, exit_block).float()
         if exit_head is not None:
             per_sequence = exit_head(per_sequence)
+        if batch.n_items == per_sequence.shape[0] and bool(
+            (batch.owner == torch.arange(batch.n_items, device=batch.owner.device)).all()
+        ):
+            return torch.nn.functional.normalize(per_sequence, dim=-1)  # one sequence per item, in order
         per_item = torch.zeros(batch.n_items, per_sequence.shape[1], device=per_sequence.device)
         per_item.index_add_(0, batch.owner, per_sequence)
         counts = torch.bincount(batch.owner, minlength=batch.n_items).clamp(min=1)

@@ -1,0 +1,321 @@
+"""Indexing speed, measured honestly: `python -m benchmarks.bench_speed [--quick]`.
+
+Every comparison alternates its arms (A B C ... A B C ..., `--rounds`, at least 2), reports the
+median, the spread ((max - min) / median) and CPU seconds per file beside wall time, and checks
+the machine's load first: a busy machine marks every table "BUSY" (do not publish those timings).
+
+MiniLM, docstring corpus (one doc per file), the real indexer in this process (model loaded once):
+  * bare encoder: the same units through the same model and batch size, nothing else;
+  * `recall index --full` at the default precision and in fp32; fixed:3; a fixed mix; the
+    predictor policy (trained on other docstrings), each next to its ideal (full / blocks run);
+  * a stage profile of the predictor policy and of full depth (shares of wall time).
+ImageBind-Huge (random weights, vision), generated photos, the real indexer: fp32 and bf16 at full
+depth, bf16 `fixed:16`, and the bare bf16 encoder.  Not in --quick.
+
+Expected run time on 2 quiet cores: --quick ~2 minutes; default ~9 minutes (MiniLM ~3, Huge ~6).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .common import CORPUS, alternate, load_check, machine_info, machine_line, markdown_table, write_results
+
+MIX = "mix:2=0.25,3=0.25,4=0.25,6=0.25"
+HUGE_POLICY = "fixed:16"
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _index_arm(files: Path, db: Path, model: str, dtype: str, policy: str):
+    """One run of the real indexer into a fresh index: the units and blocks it did."""
+    from recall_cli.index.indexer import IndexOptions, index_roots
+
+    def run() -> dict:
+        shutil.rmtree(db, ignore_errors=True)
+        if policy == "predictor":
+            db.mkdir(parents=True)
+            shutil.copy(files.parent / "predictor.safetensors", db / "predictor.safetensors")
+        options = IndexOptions(
+            model=model, dtype=dtype, full=policy == "full", exit_policy=None if policy == "full" else policy
+        )
+        summary = index_roots([str(files)], db, options)
+        return {
+            "files": summary.added,
+            "units": summary.units_encoded,
+            "blocks_run": summary.blocks_run,
+            "blocks_full": summary.blocks_full,
+        }
+
+    return run
+
+
+def _bare_arm(model, modality: str, units: list):
+    """The encoder alone: the same units, the same batch size, sorted as the pipeline sorts them."""
+    from recall_cli.modalities import batch_size
+
+    size = batch_size(modality)
+    data = [unit.data for unit in units]
+    if modality == "text":
+        data.sort(key=len)
+
+    def run() -> dict:
+        for start in range(0, len(data), size):
+            model.encode(modality, data[start : start + size])
+        return {"files": len(units), "units": len(units), "blocks_run": 0, "blocks_full": 0}
+
+    return run
+
+
+def _profile_shares(run) -> dict:
+    """One extra run under the stage profiler: stage -> share of wall time."""
+    from recall_cli import profiling
+
+    profile = profiling.start()
+    started = time.perf_counter()
+    try:
+        run()
+    finally:
+        profiling.stop()
+    wall = time.perf_counter() - started
+    shares = {name: seconds / wall for name, seconds in sorted(profile.seconds.items(), key=lambda kv: -kv[1])}
+    shares["(not in a stage)"] = max(0.0, 1 - sum(shares.values()))
+    return shares
+
+
+def _train_predictor(records: list[dict], model, path: Path) -> None:
+    """A predictor for the text exits, trained on documents that are not indexed in the timing."""
+    import torch
+
+    from recall_cli.early_exit.plan import exit_plan
+    from recall_cli.early_exit.predictor import exit_labels, save_predictors, train_predictor
+
+    plan = exit_plan(model, "text")
+    docs = sorted((r["doc"] for r in records), key=len)
+    per_exit = {L: [] for L in plan.points}
+    with torch.inference_mode():
+        for start in range(0, len(docs), 32):
+            batch = model.tokenize("text", docs[start : start + 32])
+            for L in range(1, plan.depth + 1):
+                batch = model.run_blocks(batch, L - 1, L)
+                if L in per_exit:
+                    per_exit[L].append(model.embed(batch, L).float())
+    emb = {L: torch.cat(parts) for L, parts in per_exit.items()}
+    labels = exit_labels({L: emb[L] for L in plan.points[:-1]}, emb[plan.depth], plan.points, rule="neighbours")
+    predictor, _ = train_predictor(emb[plan.k0], labels, plan.points, holdout=0.0, seed=0)
+    save_predictors(path, "minilm", {"text": predictor}, {"text": plan})
+
+
+def _rows(label: str, measured: dict, reference: str, bare: str | None) -> list[list]:
+    rows = []
+    for name, r in measured.items():
+        skipped = r.get("blocks_run") and r["blocks_run"] < r["blocks_full"]
+        ideal = r["blocks_full"] / r["blocks_run"] if skipped else None  # only arms that skip blocks
+        speedup = measured[reference]["seconds"] / r["seconds"]
+        rows.append(
+            [
+                label,
+                name,
+                r["units"],
+                round(r["seconds"], 2),
+                f"{r['spread']:.0%}",
+                round(r["units"] / r["seconds"], 2),
+                round(r["cpu_seconds"] / max(r["files"], 1), 3),
+                round(speedup, 3),
+                round(ideal, 3) if ideal else "-",
+                round(speedup / ideal, 3) if ideal else "-",
+                round(measured[bare]["seconds"] / r["seconds"], 3) if bare and name != bare else "-",
+                f"{r['others_share']:.0%}" + (" BUSY" if r["busy"] else ""),
+            ]
+        )
+    return rows
+
+
+HEADERS = [
+    "model",
+    "arm",
+    "units",
+    "seconds (median)",
+    "spread",
+    "units/s",
+    "CPU s/file",
+    "speed-up",
+    "ideal",
+    "of ideal",
+    "x bare rate",
+    "others' CPU (worst run)",
+]
+
+
+def minilm_section(work: Path, quick: bool, rounds: int) -> dict:
+    from recall_cli.index.indexer import IndexOptions, index_roots
+    from recall_cli.models import load_model
+    from recall_cli.models.device import choose_precision
+
+    default = choose_precision("cpu").name
+    records = [json.loads(line) for line in CORPUS.read_text().splitlines() if line.strip()]
+    n_files = 60 if quick else 200
+    files = work / "docs" / "files"
+    files.mkdir(parents=True)
+    for r in records[:n_files]:
+        (files / f"{r['id']}.txt").write_text(r["doc"], encoding="utf-8")
+    model = load_model("minilm", None, default)
+    _train_predictor(
+        records[n_files : n_files + (150 if quick else 400)], model, files.parent / "predictor.safetensors"
+    )
+    units = [unit for path in sorted(files.iterdir()) for unit in model.file_units(path, "text")]
+    warm = work / "docs" / "warm"  # loading each precision's model is not part of any timing
+    warm.mkdir()
+    for r in records[n_files : n_files + 2]:
+        (warm / f"{r['id']}.txt").write_text(r["doc"], encoding="utf-8")
+    for dtype in (default, "fp32"):
+        index_roots([str(warm)], work / f"warm-{dtype}", IndexOptions(model="minilm", dtype=dtype, full=True))
+    arms = {"bare encoder": _bare_arm(model, "text", units)}
+    for policy in ("full", "fixed:3", MIX, "predictor"):
+        arms[policy] = _index_arm(files, work / "db", "minilm", default, policy)
+    if default != "fp32":
+        arms["full (fp32)"] = _index_arm(files, work / "db", "minilm", "fp32", "full")
+    log(f"minilm ({default} by default): {n_files} files, {len(units)} units, {rounds} rounds")
+    measured = alternate(arms, rounds, log)
+    shares = {
+        policy: _profile_shares(_index_arm(files, work / "db", "minilm", default, policy))
+        for policy in ("predictor", "full")
+    }
+    return {"precision": default, "measured": measured, "profile_shares": shares}
+
+
+def _photos(folder: Path, count: int) -> None:
+    """Photo-like JPEGs (smooth gradients, shapes and sensor noise), 640x480."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    for i in range(count):
+        y, x = np.mgrid[0:480, 0:640]
+        base = np.stack([(x * (i + 1) % 256), (y * 2 + 40 * i) % 256, ((x + y) // 3) % 256], -1).astype(np.float32)
+        noisy = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+        image = Image.fromarray(noisy)
+        draw = ImageDraw.Draw(image)
+        for _ in range(6):
+            x0, y0 = rng.integers(0, 560), rng.integers(0, 400)
+            draw.ellipse(
+                [x0, y0, x0 + rng.integers(20, 200), y0 + rng.integers(20, 200)],
+                fill=tuple(rng.integers(0, 255, 3).tolist()),
+            )
+        image.save(folder / f"photo{i:02d}.jpg", quality=90)
+
+
+def huge_section(work: Path, quick: bool, rounds: int) -> dict:
+    """ImageBind-Huge with random weights, placed in the per-process model cache under the names
+    the indexer asks for (the official weights are a 4.5 GB download)."""
+    import torch
+
+    from recall_cli import models
+    from recall_cli.models.device import precision_key
+    from recall_cli.models.imagebind.model import HUGE_CONFIG, ImageBindEncoder
+
+    n_images = 4 if quick else 8
+    files = work / "photos"
+    _photos(files, n_images)
+    for dtype, torch_dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        model = ImageBindEncoder(
+            HUGE_CONFIG,
+            "imagebind-huge",
+            "imagebind-huge@random",
+            torch.device("cpu"),
+            torch_dtype,
+            source=lambda kind: None,
+            seed=0,
+        )
+        model.trunk("image")
+        models._LOADED[("imagebind-huge", None, precision_key(dtype), None)] = model
+    bf16 = models._LOADED[("imagebind-huge", None, precision_key("bf16"), None)]
+    units = [unit for path in sorted(files.iterdir()) for unit in bf16.file_units(path, "image")]
+    arms = {
+        "bare encoder (bf16)": _bare_arm(bf16, "image", units),
+        "full (fp32)": _index_arm(files, work / "db-huge", "imagebind-huge", "fp32", "full"),
+        "full (bf16)": _index_arm(files, work / "db-huge", "imagebind-huge", "bf16", "full"),
+        f"{HUGE_POLICY} (bf16)": _index_arm(files, work / "db-huge", "imagebind-huge", "bf16", HUGE_POLICY),
+    }
+    _bare_arm(bf16, "image", units[:1])()  # first-call warm-up of the kernels
+    log(f"imagebind-huge: {n_images} photos, {rounds} rounds")
+    measured = alternate(arms, rounds, log)
+    return {"measured": measured}
+
+
+def main(quick: bool = False, rounds: int = 2) -> str:
+    import torch
+
+    rounds = max(2, rounds)
+    info = machine_info()
+    load = load_check(log)
+    data: dict = {
+        "machine": info,
+        "load_before": load,
+        "quick": quick,
+        "rounds": rounds,
+        "threads": torch.get_num_threads(),
+    }
+    work = Path(tempfile.mkdtemp(prefix="recall-bench-speed-"))
+    try:
+        data["minilm"] = minilm_section(work, quick, rounds)
+        if not quick:
+            data["imagebind_huge"] = huge_section(work, quick, rounds)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    data["load_after"] = load_check(log)
+    markdown = render(data)
+    if not _busy(data) and not quick:
+        write_results("speed", json.loads(json.dumps(data, default=str)), markdown)
+    else:
+        log("not written to benchmarks/results (quick run, or the machine was busy)")
+    return markdown
+
+
+def _busy(data: dict) -> bool:
+    arms = [r for section in ("minilm", "imagebind_huge") for r in data.get(section, {}).get("measured", {}).values()]
+    return not (data["load_before"]["quiet"] and data["load_after"]["quiet"]) or any(r["busy"] for r in arms)
+
+
+def render(data: dict) -> str:
+    load, after = data["load_before"], data["load_after"]
+    busy = " **BUSY: other work shared the CPU; timings not publishable.**" if _busy(data) else ""
+    md = [
+        "# Indexing speed\n",
+        f"Machine: {machine_line(data['machine'])}, {data['threads']} torch threads. Other processes' share "
+        f"of the cores before: {load['busy_share']:.0%} (loadavg {load['loadavg_1m']}); after: "
+        f"{after['busy_share']:.0%}.{busy} "
+        f"Arms alternated, {data['rounds']} rounds; seconds are medians, spread = (max - min) / median.\n",
+    ]
+    mini = data["minilm"]
+    rows = _rows("minilm", mini["measured"], "full", "bare encoder")
+    if "imagebind_huge" in data:
+        rows += _rows("imagebind-huge vision", data["imagebind_huge"]["measured"], "full (fp32)", "bare encoder (bf16)")
+    md.append(markdown_table(HEADERS, rows))
+    md.append(
+        f"\nMiniLM's default precision here: {mini['precision']}. Speed-up: against `full` (MiniLM, default "
+        "precision) or `full (fp32)` (ImageBind-Huge). Ideal: full blocks / blocks run. x bare rate: the bare "
+        "encoder's time over the arm's (1.0 = nothing but the model).\n"
+    )
+    md.append("## Where the time goes (stage profile, share of wall time)\n")
+    names = sorted({name for shares in mini["profile_shares"].values() for name in shares})
+    md.append(
+        markdown_table(
+            ["stage", *mini["profile_shares"]],
+            [[name, *(f"{shares.get(name, 0):.1%}" for shares in mini["profile_shares"].values())] for name in names],
+        )
+    )
+    return "\n".join(md)
+
+
+if __name__ == "__main__":
+    rounds = int(sys.argv[sys.argv.index("--rounds") + 1]) if "--rounds" in sys.argv else 2
+    print(main(quick="--quick" in sys.argv, rounds=rounds))

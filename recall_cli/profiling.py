@@ -1,0 +1,89 @@
+"""Stage profile of an index run (`recall index --profile`, or RECALL_PROFILE=1): seconds spent in
+each stage (scan, hashing, decoding, the first k0 blocks, the predictor, regrouping, the remaining
+blocks, heads, INT4 packing, writes...), printed to stderr at the end.
+
+Off by default and then nearly free: `stage()` hands back one shared do-nothing context.  When on,
+a stage's time excludes the stages nested in it, so the shares add up to the wall time (stages run
+by a second thread at the same time add up to more)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+
+PROFILE_ENV = "RECALL_PROFILE"
+
+_NOTHING = contextlib.nullcontext()
+
+
+class Profile:
+    def __init__(self):
+        self.started = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._local = threading.local()  # per thread: the open stages, as [name, start, nested seconds]
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        stack = self._local.__dict__.setdefault("stack", [])
+        frame = [name, time.perf_counter(), 0.0]
+        stack.append(frame)
+        try:
+            yield
+        finally:
+            stack.pop()
+            elapsed = time.perf_counter() - frame[1]
+            if stack:
+                stack[-1][2] += elapsed
+            with self._lock:
+                self.seconds[name] = self.seconds.get(name, 0.0) + elapsed - frame[2]
+                self.calls[name] = self.calls.get(name, 0) + 1
+
+    def report(self) -> str:
+        wall = time.perf_counter() - self.started
+        accounted = sum(self.seconds.values())
+        rows = sorted(self.seconds.items(), key=lambda item: -item[1])
+        rows.append(("(not in a stage)", max(0.0, wall - accounted)))
+        lines = [f"profile: {wall:.2f} s wall, {time.process_time():.2f} s CPU (this process)"]
+        for name, seconds in rows:
+            calls = self.calls.get(name)
+            lines.append(
+                f"  {name:<30} {seconds:8.3f} s  {seconds / wall if wall else 0:6.1%}"
+                + (f"  ({calls} calls)" if calls else "")
+            )
+        return "\n".join(lines)
+
+
+_current: Profile | None = None
+
+
+def requested() -> bool:
+    return os.environ.get(PROFILE_ENV, "") not in ("", "0")
+
+
+def start() -> Profile:
+    """Profile from now on (until stop)."""
+    global _current
+    _current = Profile()
+    return _current
+
+
+def stop() -> Profile | None:
+    global _current
+    profile, _current = _current, None
+    return profile
+
+
+def stage(name: str):
+    """`with stage("hashing"): ...` counts the block's time when a profile runs."""
+    profile = _current
+    return _NOTHING if profile is None else profile.stage(name)
+
+
+def timed(name: str, function, *args, **kwargs):
+    """`function(*args, **kwargs)`, its time counted as stage `name` when a profile runs."""
+    with stage(name):
+        return function(*args, **kwargs)
