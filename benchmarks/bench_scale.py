@@ -86,7 +86,8 @@ def generate(db: Path, rows: int, seed: int = 7) -> dict:
     from recall_cli.models.minilm.light import model_version, weights_folder
     from recall_cli.storage.layout import prepare_index_dir
     from recall_cli.storage.manifest import Manifest
-    from recall_cli.storage.table import Store, text_side
+    from recall_cli.storage.schema import text_side
+    from recall_cli.storage.table import Store
 
     started = time.perf_counter()
     rng = np.random.default_rng(seed)

@@ -13,7 +13,8 @@ from conftest import Cli
 
 from recall_cli.index.hashing import file_hash
 from recall_cli.models import load_model
-from recall_cli.storage.table import Store, unit_id
+from recall_cli.storage.schema import unit_id
+from recall_cli.storage.table import Store
 
 DIM = 384  # minilm
 

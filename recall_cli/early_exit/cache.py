@@ -80,7 +80,7 @@ def eviction_order(groups: list[tuple]) -> list[tuple]:
 
 def enforce_budget(store, manifest, budget: int) -> dict:
     """Release cache groups (see the module docstring) until the cache fits in `budget` bytes."""
-    from recall_cli.storage.table import sql_str
+    from recall_cli.storage.sqlfilter import sql_str
 
     groups = manifest.cache_groups()
     total = sum(g[3] for g in groups)

@@ -372,7 +372,7 @@ def _refresh_exit_records(store, db_dir: Path, paths: set[str]) -> None:
 
 def _update_rows(store, updates: list[dict]) -> None:
     """Write new vector/cache/adapter_version into existing rows (merge on id, other columns kept)."""
-    from recall_cli.storage.table import sql_in
+    from recall_cli.storage.sqlfilter import sql_in
 
     ids = [u["id"] for u in updates]
     current = store.table.search().where(sql_in("id", ids)).limit(None).to_arrow().to_pylist()

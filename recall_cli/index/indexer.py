@@ -378,7 +378,7 @@ def _record(entry: FileEntry, content_hash, modality, status: str, error: str | 
 
 
 def _unit_id(path: str, chunk: int) -> str:
-    from recall_cli.storage.table import unit_id
+    from recall_cli.storage.schema import unit_id
 
     return unit_id(path, chunk)
 

@@ -18,7 +18,7 @@ def copy_rows(run, entry: FileEntry, content_hash: str, modality: str) -> bool:
     if modality != "text" and run.model_name in TEXT_ONLY_MODELS:
         return False
     from recall_cli.storage.manifest import exit_groups
-    from recall_cli.storage.table import unit_id
+    from recall_cli.storage.schema import unit_id
 
     for source in run.manifest.paths_with_hash(content_hash):
         if source == entry.path:

@@ -20,7 +20,7 @@ log = logging.getLogger("recall")
 
 
 def build_filter(options: QueryOptions) -> str | None:
-    from recall_cli.storage.table import sql_str
+    from recall_cli.storage.sqlfilter import sql_str
 
     clauses = []
     if options.modality:

@@ -28,17 +28,26 @@ import numpy as np
 import pyarrow as pa
 
 from recall_cli.errors import REBUILD_HINT, RecallError, error_text, storage_error
-from recall_cli.names import name_words, path_words
-from recall_cli.paths import real_path, stored_path
+from recall_cli.paths import stored_path
 from recall_cli.storage.lancedb_import import import_lancedb
 from recall_cli.storage.layout import TABLE_DIR, TABLE_NAME, directory_bytes
+from recall_cli.storage.schema import (
+    META_COLUMNS,
+    META_FIELDS,
+    TEXT_COLUMNS,
+    TEXT_FIELDS,
+    from_stored,
+    fts_config,
+    table_problem,
+    text_side,
+    to_stored,
+    units_schema,
+)
 from recall_cli.storage.sqlfilter import sql_in, sql_str
 
 lancedb = import_lancedb()  # without its REST client (storage/lancedb_import.py)
 
 log = logging.getLogger("recall")
-
-KEY_SEP = "\x1f"
 
 # Below this many rows a flat (exact) scan is fast enough (tens of ms); from it on `maintain` builds
 # an IVF_HNSW_SQ index (recall@10 and latency against IVF_PQ and flat: benchmarks/bench_scale.py).
@@ -49,89 +58,9 @@ FLAT_MAX_ROWS = 20_000
 ANN_NPROBES = 20  # IVF partitions searched (of about sqrt(rows))
 ANN_REFINE_FACTOR = 2  # 2 x limit candidates re-ranked by their full vectors: recall@10 0.98 -> 1.0 at 100k
 
-
-# Added to tables made before keyword search: upgradable in place, so not required by table_problem.
-TEXT_FIELDS = (pa.field("words", pa.string()), pa.field("name", pa.string()))
-TEXT_COLUMNS = tuple(field.name for field in TEXT_FIELDS)
-META_FIELDS = (
-    pa.field("taken_at", pa.float64()),
-    pa.field("camera", pa.string()),
-    pa.field("lat", pa.float64()),
-    pa.field("lon", pa.float64()),
-    pa.field("place", pa.string()),
-    pa.field("artist", pa.string()),
-    pa.field("meta", pa.string()),
-)
-META_COLUMNS = tuple(field.name for field in META_FIELDS)
-UPGRADABLE = TEXT_COLUMNS + META_COLUMNS
 UPGRADE_BATCH = 2000  # rows per commit while an old table gains its text side
 
-
-def fts_config():
-    """How the text side is tokenised.  No stemming and no stop-word removal: one-word queries for
-    identifiers and rare words found their document at rank 1 0.954 of the time that way, 0.787 with
-    the English defaults (PLATFORM-NOTES, 300 docstrings); positions are kept for "exact phrases"."""
-    from lancedb.index import FTS
-
-    return FTS(with_position=True, base_tokenizer="simple", stem=False, remove_stop_words=False, ascii_folding=True)
-
-
-def text_side(row: dict) -> dict:
-    """The `words` and `name` of a row (real path, root and snippet), as stored."""
-    path, snippet = row["path"], row.get("snippet") or ""
-    words = path_words(path, row.get("root"))
-    return {"words": f"{words}\n{snippet}" if snippet else words, "name": name_words(path)}
-
-
-def unit_id(path: str, chunk: int) -> str:
-    return f"{path}{KEY_SEP}{chunk}"
-
-
-def units_schema(dim: int) -> pa.Schema:
-    return pa.schema(
-        [
-            pa.field("id", pa.string(), nullable=False),
-            pa.field("path", pa.string(), nullable=False),
-            pa.field("root", pa.string()),
-            pa.field("hash", pa.string()),
-            pa.field("chunk", pa.int32()),
-            pa.field("modality", pa.string()),
-            pa.field("snippet", pa.string()),
-            *TEXT_FIELDS,
-            pa.field("size", pa.int64()),
-            pa.field("mtime_ns", pa.int64()),
-            pa.field("model", pa.string()),
-            pa.field("vector", pa.list_(pa.float32(), dim)),
-            pa.field("exit_block", pa.int16()),
-            pa.field("depth", pa.int16()),
-            pa.field("refined", pa.bool_()),
-            pa.field("cache", pa.binary()),
-            pa.field("adapter_version", pa.int32()),
-            pa.field("indexed_at", pa.float64()),
-            *META_FIELDS,
-        ]
-    )
-
-
 _SCANNED: set[tuple[str, str]] = set()  # (index, model) whose rows Store.check has scanned
-
-
-def table_problem(schema: pa.Schema, dim: int | None) -> str | None:
-    """What makes a units table unusable for an index whose model makes `dim`-dimensional
-    vectors (None: any), or None.  Extra columns are harmless and allowed."""
-    expected = units_schema(dim or 1)
-    missing = [field.name for field in expected if field.name not in schema.names and field.name not in UPGRADABLE]
-    if missing:
-        return f"its vector table lacks the column{'s' * (len(missing) > 1)} {', '.join(missing)}"
-    vector = schema.field("vector").type
-    if not pa.types.is_fixed_size_list(vector) or vector.value_type != pa.float32():
-        return f"its vector column holds {vector}, not float32 vectors"
-    if dim is not None and vector.list_size != dim:
-        return f"its vectors have {vector.list_size} dimensions but the index's model makes {dim}"
-    for field in expected:
-        if field.name in schema.names and field.name != "vector" and schema.field(field.name).type != field.type:
-            return f"its column {field.name} holds {schema.field(field.name).type}, not {field.type}"
-    return None
 
 
 class Store:
@@ -201,7 +130,7 @@ class Store:
             return
         if all(name in self.schema.names for name in TEXT_COLUMNS):
             rows = [{**row, **text_side(row)} for row in rows]
-        data = pa.Table.from_pylist([_to_stored(row) for row in rows], schema=self.schema)
+        data = pa.Table.from_pylist([to_stored(row) for row in rows], schema=self.schema)
         merge = self.table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
         whole_files = list(whole_files)
         # only when some of them have rows already: the delete clause makes the merge scan the
@@ -216,7 +145,7 @@ class Store:
 
     def rows_for_path(self, path: str) -> list[dict]:
         rows = self.table.search().where(f"path = {sql_str(path)}").limit(None).to_arrow().to_pylist()
-        return [_from_stored(row) for row in rows]
+        return [from_stored(row) for row in rows]
 
     def search(
         self,
@@ -254,7 +183,7 @@ class Store:
         rows = query.select(columns).to_arrow().to_pylist()
         for row in rows:
             row["score"] = 1.0 - row.pop("_distance")
-            _from_stored(row)
+            from_stored(row)
         return rows
 
     def keyword_search(self, query, limit: int, where: str | None = None, extra: tuple = ()) -> list[dict]:
@@ -280,7 +209,7 @@ class Store:
             row["keyword_score"] = row.pop("_score")
             if vectors is not None:
                 row["vector"] = vectors[index]
-            _from_stored(row)
+            from_stored(row)
         return rows
 
     def result_meta_columns(self) -> tuple[str, ...]:
@@ -323,7 +252,7 @@ class Store:
         """A file's rows take a new text side and metadata (their vectors stay): the upgrade of a
         media file whose embedding is current.  Returns the rows changed."""
         rows = self.table.search().where(f"path = {sql_str(stored_path(path))}").select(["id", "root"]).limit(None)
-        found = [_from_stored(row) for row in rows.to_arrow().to_pylist()]
+        found = [from_stored(row) for row in rows.to_arrow().to_pylist()]
         if not found:
             return 0
         names = [name for name in ("snippet", *TEXT_COLUMNS, *META_COLUMNS) if name in self.schema.names]
@@ -347,7 +276,7 @@ class Store:
             self.table.add_columns(pa.schema(missing))
             self.schema = self.table.schema
         todo = self.table.search().where("words IS NULL").select(["id", "path", "root", "snippet"]).limit(None)
-        rows = [_from_stored(row) for row in todo.to_arrow().to_pylist()]
+        rows = [from_stored(row) for row in todo.to_arrow().to_pylist()]
         for start in range(0, len(rows), UPGRADE_BATCH):
             batch = [{"id": stored_path(row["id"]), **text_side(row)} for row in rows[start : start + UPGRADE_BATCH]]
             self.table.merge_insert("id").when_matched_update_all().execute(pa.Table.from_pylist(batch))
@@ -400,20 +329,3 @@ def _committed(db_dir: Path) -> bool:
         return False
     except OSError:
         return True  # unreadable: let open_table report it
-
-
-_PATH_COLUMNS = ("id", "path", "root")
-
-
-def _to_stored(row: dict) -> dict:
-    """A row as written: file names that are not UTF-8 in their stored form (see paths.py)."""
-    if all(not isinstance(row.get(key), str) or row[key].isascii() for key in _PATH_COLUMNS):
-        return row
-    return {**row, **{key: stored_path(row[key]) for key in _PATH_COLUMNS if isinstance(row.get(key), str)}}
-
-
-def _from_stored(row: dict) -> dict:
-    for key in _PATH_COLUMNS:
-        if isinstance(row.get(key), str):
-            row[key] = real_path(row[key])
-    return row
