@@ -15,7 +15,7 @@ import traceback
 
 from .common import RESULTS, machine_info, machine_line
 
-SUITES = ["core", "early_exit", "heal", "imagebind", "watch", "speculative", "hybrid", "server"]
+SUITES = ["core", "early_exit", "heal", "imagebind", "watch", "speculative", "hybrid", "server", "calibrate"]
 
 
 def main() -> None:

@@ -28,8 +28,7 @@ new files for the saving to pay ("deferred") or that ends before its sample is c
 "collecting") leaves calibration to a later run.  `index --rebuild` builds a fresh index, which
 calibrates again.
 
-Environment (README): RECALL_CALIBRATE=0 (off), RECALL_CALIBRATE_SHARE, _BUDGET, _SECONDS, _STEPS,
-_GATE, and RECALL_CALIBRATE_SAVING=0 (skip the saving check: an index that will grow).
+Environment: RECALL_CALIBRATE=0 (off) and the RECALL_CALIBRATE_* settings described in README.md.
 """
 
 from __future__ import annotations
@@ -256,7 +255,8 @@ class Calibrator:
         """Heal every usable modality and train its predictor on the exits that pass the gate."""
         from recall_cli.early_exit.heal import Healer, HealOptions
 
-        deadline = time.time() + budget * (1 - PREDICTOR_SHARE)
+        healed_pass_seconds = sum(len(kept.data) for kept in usable.values()) * self.encode_seconds / self.units_done
+        deadline = time.time() + budget * (1 - PREDICTOR_SHARE) - healed_pass_seconds  # that pass is in the budget
         heal_options = HealOptions(
             budget_minutes=budget / 60, steps=self.options.steps, target_compute=TARGET_COMPUTE, seed=self.options.seed
         )
