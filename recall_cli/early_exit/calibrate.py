@@ -330,7 +330,7 @@ class Calibrator:
         state = {"status": status, "reason": reason, "at": time.time(), **(summary or {})}
         write_calibration(self.manifest, state)
         if reason:
-            log.info("calibration %s: %s", status, reason)
+            log.debug("calibration %s: %s", status, reason)  # `recall stats` shows it; stderr stays quiet
         return status == "done"
 
 
