@@ -15,7 +15,19 @@ import traceback
 
 from .common import RESULTS, machine_info, machine_line
 
-SUITES = ["core", "early_exit", "speed", "heal", "imagebind", "watch", "speculative", "hybrid", "server", "mediatext"]
+SUITES = [
+    "core",
+    "early_exit",
+    "speed",
+    "heal",
+    "imagebind",
+    "watch",
+    "speculative",
+    "hybrid",
+    "server",
+    "calibrate",
+    "mediatext",
+]
 
 
 def main() -> None:

@@ -106,6 +106,7 @@ def format_stats(stats: dict) -> str:
             f"cache        {human_bytes(ee['cache_bytes'])} of {human_bytes(ee['cache_budget'])} budget "
             f"({ee['cache_units']} units{per_unit})"
         )
+    lines.extend(calibration_lines(stats.get("calibration")))
     healing = stats.get("healing") or {}
     if healing.get("adapter_version"):
         lines.append(
@@ -113,7 +114,7 @@ def format_stats(stats: dict) -> str:
             "(refresh: `recall heal --refresh-only`)"
         )
     else:
-        lines.append("healing      not healed (exits use full depth until `recall heal`)")
+        lines.append("healing      not healed (full depth until calibration on new files, or `recall heal`)")
     when = stats["last_index_at"]
     lines.append(f"last index   {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(when)) if when else 'never'}")
     if stats["failures"]:
@@ -147,3 +148,31 @@ def format_server_status(status: dict) -> str:
             f"memory       {status['memory_mib']:.0f} MiB",
         ]
     )
+
+
+CALIBRATION_WORDS = {
+    "collecting": "not done yet: the sample files are being indexed (an index run with new files continues)",
+    "healing": "interrupted while healing (the next index run with new files calibrates again)",
+    "deferred": "deferred",
+    "rejected": "not used, full depth",
+}
+
+
+def calibration_lines(state: dict | None) -> list[str]:
+    """`recall stats`: the calibration of a new index's exits, in one line (plus one per modality)."""
+    if not state:
+        return []
+    status = state.get("status")
+    if status != "done":
+        reason = f": {state['reason']}" if state.get("reason") else ""
+        return [f"calibration  {CALIBRATION_WORDS.get(status, status)}{reason}"]
+    units = sum((state.get("sample_units") or {}).values())
+    lines = [
+        f"calibration  v{state.get('version')} from {units} units of {state.get('sample_files')} files, "
+        f"{state.get('heal_seconds', 0):.1f} s healing"
+    ]
+    for modality, info in sorted((state.get("modalities") or {}).items()):
+        cosines = ", ".join(f"{e}: {c:.3f}" for e, c in sorted(info["heldout_cosine"].items(), key=lambda i: int(i[0])))
+        enabled = ",".join(map(str, info["enabled_exits"])) or "none"
+        lines.append(f"  {modality:<6} held-out cosine {cosines}; exits used {enabled}")
+    return lines

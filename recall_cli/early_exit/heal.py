@@ -52,6 +52,7 @@ class HealOptions:
     temperature: float = 0.05
     seed: int = 0
     device: str | None = None
+    steps: int | None = None  # training steps in all (split like the time): reproducible, load-independent quality
 
 
 @dataclass
@@ -239,16 +240,26 @@ class Healer:
         for e in trainable_exits:
             # this stage's share of the time still left: a stage that ran long shortens the later ones
             budget = max(0.0, deadline - time.time()) * weights[e] / total_weight
+            steps = None
+            if self.options.steps is not None:  # a step count instead of a clock: same result on any machine
+                steps = max(MIN_STAGE_STEPS, round(self.options.steps * weights[e] / sum(weights.values())))
             total_weight -= weights[e]
-            stages.append(self._train_stage(healed, root, sample, range(previous, e), budget, rng))
+            stages.append(self._train_stage(healed, root, sample, range(previous, e), budget, rng, steps))
             previous = e
         return stages
 
     def _train_stage(
-        self, healed: HealedExits, root, sample: Sample, new_blocks: range, budget: float, rng: random.Random
+        self,
+        healed: HealedExits,
+        root,
+        sample: Sample,
+        new_blocks: range,
+        budget: float,
+        rng: random.Random,
+        step_quota: int | None = None,
     ) -> dict:
         """Train the adapters of `new_blocks` and the head of the exit they end at for `budget`
-        seconds, then freeze both."""
+        seconds (or exactly `step_quota` steps), then freeze both."""
         opts, exit_block = self.options, new_blocks.stop
         params = lora_parameters(root, new_blocks, healed.model, self.modality)
         head = healed.heads.head(exit_block)
@@ -256,9 +267,9 @@ class Healer:
         optimiser = torch.optim.AdamW(
             [{"params": params, "lr": opts.lr}, {"params": head.parameters(), "lr": opts.lr * HEAD_LR_FACTOR}]
         )
-        stage_end = time.time() + budget
+        stage_end, stage_start = time.time() + budget, time.time()
         steps, loss_value = 0, float("nan")
-        while time.time() < stage_end or steps < MIN_STAGE_STEPS:
+        while _stage_goes_on(steps, stage_end, step_quota):
             chosen = rng.sample(sample.train, min(opts.batch, len(sample.train)))
             loss = self._loss(
                 healed, [sample.data[i] for i in chosen], sample.teacher[chosen], new_blocks.start, exit_block
@@ -277,7 +288,7 @@ class Healer:
             "exit": exit_block,
             "new_blocks": [new_blocks.start, new_blocks.stop],
             "steps": steps,
-            "seconds": budget,
+            "seconds": budget if step_quota is None else time.time() - stage_start,
             "final_loss": loss_value,
             "trainable_params": trainable,
         }
@@ -297,6 +308,12 @@ class Healer:
         logits = student @ teacher.T / self.options.temperature
         contrast = F.cross_entropy(logits, torch.arange(len(data), device=logits.device))
         return distill + self.options.contrastive * contrast
+
+
+def _stage_goes_on(steps: int, stage_end: float, step_quota: int | None) -> bool:
+    if step_quota is not None:
+        return steps < step_quota
+    return time.time() < stage_end or steps < MIN_STAGE_STEPS
 
 
 def _split_cos(embeddings: torch.Tensor, sample: Sample) -> dict:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from recall_cli.early_exit.calibrate import start_calibration
 from recall_cli.errors import first_line, storage_error
 from recall_cli.index.hashing import file_hash
 from recall_cli.index.media import attach_text_side, media_facts, refresh_text_side
@@ -181,6 +182,7 @@ class _IndexRun:
 
     def _apply_all(self, todo, gone: list[str], known: dict[str, FileRecord]) -> IndexSummary:
         stopped = False
+        self.calibration, todo = start_calibration(self, todo)  # a new index heals its exits on its first files
         for done, (entry, record) in enumerate(todo, 1):
             if self.should_stop():
                 stopped = True
@@ -289,7 +291,9 @@ class _IndexRun:
         units, model = [unit for _, unit in self.pending_units], self.model
         if self._precision_unchecked:  # checked on the first units this index encodes
             self._model, self._precision_unchecked = check_precision(self.manifest, self.options, model, units), False
+        encode_started = time.perf_counter()
         encoded = encode_units(self._model, units, policy=self.policy)
+        encode_seconds = time.perf_counter() - encode_started
         rows, errors, counts = [], {}, {}
         for (path, unit), result in zip(self.pending_units, encoded, strict=True):
             if result.vector is None:
@@ -327,6 +331,8 @@ class _IndexRun:
         self.summary.blocks_full += sum(row["depth"] for row in rows)
         self.summary.cache_bytes += sum(len(row["cache"]) for row in rows if row["cache"])
         self.wrote = True
+        if self.calibration and self.calibration.observe(self.pending_units, encoded, encode_seconds, self.model):
+            self._policy = None  # calibration healed the exits: parse_policy finds them from the next flush
         self.pending_units, self.pending_files = [], {}
 
     def _row(self, entry: FileEntry, content_hash: str, unit, result) -> dict:

@@ -37,6 +37,7 @@ def collect_stats(db_dir: Path) -> dict:
             },
             "early_exit": early_exit_stats(manifest),
             "healing": healing_stats(db_dir),
+            "calibration": calibration_stats(manifest),
         }
     finally:
         manifest.close()
@@ -53,6 +54,15 @@ def healing_stats(db_dir: Path) -> dict:
     from recall_cli.early_exit.heal_run import stale_count
 
     return {"adapter_version": version, "stale": stale_count(db_dir)}
+
+
+def calibration_stats(manifest: Manifest) -> dict | None:
+    """How the index calibrated its exits on its first files (early_exit/calibrate.py): status
+    (collecting, healing, deferred, rejected, done), the reason when exits are not used, sample
+    size, time spent, per-exit held-out cosine to full depth and the exits enabled."""
+    from recall_cli.early_exit.calibrate import read_calibration
+
+    return read_calibration(manifest)
 
 
 def early_exit_stats(manifest: Manifest) -> dict:

@@ -1,0 +1,163 @@
+"""Calibration: a new index heals its own exits on its first files, once, within one `recall index`."""
+
+import json
+
+import lancedb
+import pytest
+from conftest import Cli, write_files
+from test_heal import notes
+
+from recall_cli.early_exit import adapters, calibrate, heal
+from recall_cli.index.indexer import index_locked
+from recall_cli.index.options import IndexOptions
+from recall_cli.models.minilm.model import MiniLM
+from recall_cli.storage import layout
+
+FAST = {
+    "RECALL_CALIBRATE": "1",
+    "RECALL_CALIBRATE_SAVING": "0",
+    "RECALL_CALIBRATE_STEPS": "10",
+    "RECALL_EXIT_POLICY": "",
+}
+
+
+@pytest.fixture
+def fast_calibration(monkeypatch):
+    for key, value in FAST.items():
+        monkeypatch.setenv(key, value)
+
+
+def calibration_state(db) -> dict:
+    from recall_cli.storage.manifest import Manifest
+
+    manifest = Manifest(db, create=False)
+    try:
+        return calibrate.read_calibration(manifest)
+    finally:
+        manifest.close()
+
+
+def rows(db) -> list[dict]:
+    table = lancedb.connect(str(db)).open_table("units")
+    return table.search().select(["path", "exit_block", "depth", "refined"]).limit(None).to_arrow().to_pylist()
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory):
+    base = tmp_path_factory.mktemp("calibrate")
+    root, db = base / "files", base / "db"
+    write_files(root, notes(64))
+    cli = Cli(db)
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in FAST.items():
+            patch.setenv(key, value)
+        result = cli("index", root)
+    assert result.exit_code == 0, result.stderr
+    return cli, root, db
+
+
+def test_first_index_calibrates_and_then_skips_blocks(calibrated):
+    cli, root, db = calibrated
+    state = calibration_state(db)
+    assert state["status"] == "done" and state["version"] == 1
+    assert state["sample_files"] == calibrate.MIN_FILES and state["sample_units"] == {"text": calibrate.MIN_FILES}
+    text = state["modalities"]["text"]
+    assert text["enabled_exits"] and set(text["heldout_cosine"]) == {"1", "2", "3", "4", "5"}
+    assert adapters.current_version(db) == 1
+    assert (layout.version_dir(db, 1) / layout.PREDICTOR_FILE).exists()
+    written = rows(db)
+    assert len(written) == 64
+    # the sample files ran at full depth (exact); the files after calibration used the exits
+    assert sum(row["exit_block"] == row["depth"] for row in written) >= calibrate.MIN_FILES
+    assert any(row["exit_block"] < row["depth"] for row in written)
+    stats = json.loads(cli("stats", "--json").stdout)
+    assert stats["early_exit"]["compute_skipped"] > 0
+    assert stats["calibration"]["status"] == "done"
+    shown = cli("stats").stdout
+    assert "calibration  v1 from 48 units of 48 files" in shown and "held-out cosine 1: " in shown
+
+
+def test_calibration_happens_once_and_later_files_skip_the_blocks_after_their_exit(
+    calibrated, fast_calibration, monkeypatch
+):
+    cli, root, db = calibrated
+    before = calibration_state(db)
+    calls = []
+    original = MiniLM.block
+
+    def counted(self, modality, index, hidden, mask):  # base and healed copies alike
+        calls.append((index, int(hidden.shape[0])))
+        return original(self, modality, index, hidden, mask)
+
+    monkeypatch.setattr(MiniLM, "block", counted)
+    write_files(root, notes(24, offset=64))
+    assert cli("index", root).exit_code == 0
+    assert calibration_state(db) == before  # not calibrated again
+    assert adapters.current_version(db) == 1 and not layout.version_dir(db, 2).exists()
+    new_rows = [row for row in rows(db) if int(row["path"].rsplit("n", 1)[1][:3]) >= 64]
+    assert len(new_rows) == 24 and any(row["exit_block"] < row["depth"] for row in new_rows)
+    # every block call ran one sequence per note still going: blocks after an exit were not run
+    assert sum(sequences for _, sequences in calls) == sum(row["exit_block"] for row in new_rows)
+
+
+def test_a_failed_quality_gate_leaves_the_index_at_full_depth_and_a_rebuild_calibrates_again(
+    tmp_path, fast_calibration, monkeypatch
+):
+    monkeypatch.setenv("RECALL_CALIBRATE_GATE", "1.01")  # no cosine reaches it
+    root, db = tmp_path / "files", tmp_path / "db"
+    write_files(root, notes(56))
+    cli = Cli(db)
+    assert cli("index", root).exit_code == 0
+    state = calibration_state(db)
+    assert state["status"] == "rejected" and "held-out cosine 1.01" in state["reason"]
+    assert adapters.current_version(db) == 0
+    assert all(row["exit_block"] == row["depth"] for row in rows(db))
+    shown = cli("stats").stdout
+    assert "calibration  not used, full depth: text: no exit reached held-out cosine 1.01" in shown
+    assert "0.0% of encoder blocks skipped" in shown
+    write_files(root, notes(8, offset=56))  # rejected once: later runs stay at full depth, untried
+    assert cli("index", root).exit_code == 0
+    assert calibration_state(db) == state and all(row["exit_block"] == row["depth"] for row in rows(db))
+    monkeypatch.delenv("RECALL_CALIBRATE_GATE")  # a rebuilt index is a new index: it calibrates again
+    assert cli("index", root, "--rebuild").exit_code == 0
+    rebuilt = calibration_state(db)
+    assert rebuilt["status"] == "done" and rebuilt["at"] > state["at"] and adapters.current_version(db) == 1
+    assert any(row["exit_block"] < row["depth"] for row in rows(db))
+
+
+def test_a_run_interrupted_while_collecting_or_healing_resumes(tmp_path, fast_calibration, monkeypatch):
+    root, db = tmp_path / "files", tmp_path / "db"
+    write_files(root, notes(60))
+    applied = []
+
+    def stop_after_20():
+        applied.append(1)
+        return len(applied) > 20
+
+    # 1. stopped while the sample files are being indexed: their rows stay, exact
+    layout.prepare_index_dir(db)
+    summary = index_locked(db, [str(root)], IndexOptions(), should_stop=stop_after_20)
+    assert summary.added == 20 and calibration_state(db)["status"] == "collecting"
+    assert all(row["refined"] for row in rows(db))
+
+    # 2. interrupted (Ctrl-C) while healing: no adapter version is made current
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    write_files(root, notes(40, offset=60))
+    with monkeypatch.context() as patch:
+        patch.setattr(heal.Healer, "_train_stage", interrupted)
+        assert Cli(db)("index", root).exit_code == 130  # as after Ctrl-C
+    assert calibration_state(db)["status"] == "healing" and adapters.current_version(db) == 0
+    indexed = rows(db)
+    assert len(indexed) == 20 + calibrate.MIN_FILES and all(row["refined"] for row in indexed)
+
+    # 3. the next run calibrates from its own first files and indexes the rest with exits
+    write_files(root, notes(60, offset=100))
+    assert Cli(db)("index", root).exit_code == 0
+    state = calibration_state(db)
+    assert state["status"] == "done" and adapters.current_version(db) == state["version"]
+    final = rows(db)
+    assert len(final) == 160 and any(row["exit_block"] < row["depth"] for row in final)
+    exact_before = {row["path"] for row in indexed}
+    assert all(row["refined"] for row in final if row["path"] in exact_before)  # written before: still exact
