@@ -82,3 +82,26 @@ def assert_clear_error(result, *phrases) -> None:
     assert "Traceback" not in stderr and "unexpected error" not in stderr, stderr
     for phrase in phrases:
         assert phrase in lines[0], (phrase, lines[0])
+
+
+# a few short notes on distinct topics: enough for a query server to rank
+SMALL_NOTES = {
+    "trips/kayak.md": "Paddling the red kayak across the lake at sunset, the water was calm.",
+    "trips/train.txt": "Train timetable from Berlin to Munich, departures every hour.",
+    "home/recipe.txt": "Grandma's apple pie: flour, butter, sliced apples, cinnamon and sugar.",
+    "home/taxes.txt": "Household documents: insurance, tax returns and the car's service history.",
+    "code/fib.py": "def fibonacci(n):\n    return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)\n",
+}
+
+
+def count_blocks(model, monkeypatch):
+    """Wrap model.block: record (block index, sequences in the call)."""
+    calls = []
+    original = model.block
+
+    def counted(modality, index, hidden, mask):
+        calls.append((index, int(hidden.shape[0])))
+        return original(modality, index, hidden, mask)
+
+    monkeypatch.setattr(model, "block", counted)
+    return calls

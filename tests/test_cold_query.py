@@ -6,19 +6,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import SMALL_NOTES as NOTES
 from conftest import run_recall, write_files
 
 from recall_cli.models import load_model
 from recall_cli.query.options import QueryOptions
 from recall_cli.query.search import Searcher
 
-NOTES = {
-    "trips/kayak.md": "Paddling the red kayak across the lake at sunset, the water was calm.",
-    "trips/train.txt": "Train timetable from Berlin to Munich, departures every hour.",
-    "home/recipe.txt": "Grandma's apple pie: flour, butter, sliced apples, cinnamon and sugar.",
-    "home/taxes.txt": "Household documents: insurance, tax returns and the car's service history.",
-    "code/fib.py": "def fibonacci(n):\n    return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)\n",
-}
 QUERIES = ["boat on the water", "baking with fruit", "recursive function", "travel by rail", "paperwork"]
 COLD = {"RECALL_NO_SERVER": "1"}
 

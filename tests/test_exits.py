@@ -7,7 +7,7 @@ import os
 import lancedb
 import pytest
 import torch
-from conftest import write_files
+from conftest import count_blocks, write_files
 
 from recall_cli.early_exit import quant
 from recall_cli.early_exit.cache import enforce_budget, eviction_order, parse_size
@@ -43,19 +43,6 @@ class ListPolicy(ExitPolicy):
     def choose(self, modality, plan, superficial):
         assert superficial.shape[0] == len(self.exits_list)
         return self.exits_list
-
-
-def count_blocks(model, monkeypatch):
-    """Wrap model.block: record (block index, sequences in the call)."""
-    calls = []
-    original = model.block
-
-    def counted(modality, index, hidden, mask):
-        calls.append((index, int(hidden.shape[0])))
-        return original(modality, index, hidden, mask)
-
-    monkeypatch.setattr(model, "block", counted)
-    return calls
 
 
 class Toy(LayeredEncoder):

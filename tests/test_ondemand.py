@@ -12,18 +12,12 @@ import subprocess
 import sys
 
 import pytest
+from conftest import SMALL_NOTES as NOTES
 from conftest import run_recall, write_files
 from watchutil import wait_until
 
 from recall_cli.query import server as server_module
 
-NOTES = {
-    "trips/kayak.md": "Paddling the red kayak across the lake at sunset, the water was calm.",
-    "trips/train.txt": "Train timetable from Berlin to Munich, departures every hour.",
-    "home/recipe.txt": "Grandma's apple pie: flour, butter, sliced apples, cinnamon and sugar.",
-    "home/taxes.txt": "Household documents: insurance, tax returns and the car's service history.",
-    "code/fib.py": "def fibonacci(n):\n    return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)\n",
-}
 ON = {"RECALL_SERVER_AUTOSTART": "1", "RECALL_SERVER_IDLE": "120"}
 
 

@@ -10,7 +10,7 @@ import lancedb
 import numpy as np
 import pytest
 import torch
-from conftest import write_files
+from conftest import count_blocks, write_files
 
 from recall_cli.early_exit import refine
 from recall_cli.early_exit.encode import encode_with_exits
@@ -127,14 +127,7 @@ def test_int4_cache_and_refinement_resume_from_a_bf16_index(cpu, cli, tmp_path):
 def test_bf16_encode_still_runs_only_the_blocks_before_each_exit(cpu, monkeypatch):
     model = load_model("minilm", "cpu")
     assert model.dtype == torch.bfloat16
-    calls = []
-    original = model.block
-
-    def counted(modality, index, hidden, mask):
-        calls.append((index, int(hidden.shape[0])))
-        return original(modality, index, hidden, mask)
-
-    monkeypatch.setattr(model, "block", counted)
+    calls = count_blocks(model, monkeypatch)
     texts = [f"note {i}: " + "word " * (3 + 4 * i) for i in range(8)]
     out = encode_with_exits(model, "text", texts, parse_policy("mix:2=0.5,4=0.25,6=0.25"))
     for index in range(6):  # block i ran on exactly the items whose exit is past it
