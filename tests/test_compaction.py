@@ -80,3 +80,29 @@ def test_rows_written_while_compacting_are_all_kept(tmp_path):
     assert all(refined[f"/f/old{i}.md"] for i in range(batches * 5))  # every update kept
     assert not any(refined[f"/f/old{i}.md"] for i in range(batches * 5, 200))
     assert compactions >= 2
+
+
+def test_a_large_table_gets_key_indexes_and_lookups_stay_right(tmp_path, monkeypatch):
+    """From ANN_MIN_ROWS on, maintain adds BTree indexes on id and path (a write-back's lookups);
+    rows written after them are still found by id and by path, with their latest values."""
+    from recall_cli.storage import table as table_module
+    from recall_cli.storage.sqlfilter import sql_in, sql_str
+
+    monkeypatch.setattr(table_module, "ANN_MIN_ROWS", 300)
+    db = tmp_path / "db"
+    prepare_index_dir(db)
+    store = Store(db, dim=DIM)
+    store.upsert(rows([f"old{i}" for i in range(299)], 1))
+    store.maintain()
+    assert not {column for index in store.table.list_indices() for column in index.columns} & {"id", "path"}
+    store.upsert(rows(["old299"], 2))
+    store.maintain()
+    indexed = {column for index in store.table.list_indices() for column in index.columns}
+    assert {"id", "path"} <= indexed and "vector" in indexed
+    store.upsert(rows([f"old{i}" for i in range(10)], 3, refined=True) + rows(["new0"], 4))  # after the indexes
+    found = store.table.search().where(sql_in("id", [f"/f/old{i}.md\x1f0" for i in (0, 9, 10)])).limit(None)
+    refined = {row["path"]: row["refined"] for row in found.to_list()}
+    assert refined == {"/f/old0.md": True, "/f/old9.md": True, "/f/old10.md": False}
+    by_path = store.table.search().where(f"path = {sql_str('/f/new0.md')}").limit(None).to_list()
+    assert [row["id"] for row in by_path] == ["/f/new0.md\x1f0"]
+    assert store.count() == 301
