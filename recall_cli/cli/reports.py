@@ -114,7 +114,7 @@ def format_stats(stats: dict) -> str:
             "(refresh: `recall heal --refresh-only`)"
         )
     else:
-        lines.append("healing      not healed (full depth until calibration on new files, or `recall heal`)")
+        lines.append("healing      not healed (full depth until `recall heal`, or RECALL_CALIBRATE=1 on a new index)")
     when = stats["last_index_at"]
     lines.append(f"last index   {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(when)) if when else 'never'}")
     if stats["failures"]:
