@@ -7,7 +7,7 @@ import pytest
 from conftest import Cli, write_files
 from test_heal import notes
 
-from recall_cli.early_exit import adapters, calibrate, heal
+from recall_cli.early_exit import calibrate, heal
 from recall_cli.index.indexer import index_locked
 from recall_cli.index.options import IndexOptions
 from recall_cli.models.minilm.model import MiniLM
@@ -63,7 +63,7 @@ def test_first_index_calibrates_and_then_skips_blocks(calibrated):
     assert state["sample_files"] == calibrate.MIN_FILES and state["sample_units"] == {"text": calibrate.MIN_FILES}
     text = state["modalities"]["text"]
     assert text["enabled_exits"] and set(text["heldout_cosine"]) == {"1", "2", "3", "4", "5"}
-    assert adapters.current_version(db) == 1
+    assert layout.current_version(db) == 1
     assert (layout.version_dir(db, 1) / layout.PREDICTOR_FILE).exists()
     written = rows(db)
     assert len(written) == 64
@@ -93,7 +93,7 @@ def test_calibration_happens_once_and_later_files_skip_the_blocks_after_their_ex
     write_files(root, notes(24, offset=64))
     assert cli("index", root).exit_code == 0
     assert calibration_state(db) == before  # not calibrated again
-    assert adapters.current_version(db) == 1 and not layout.version_dir(db, 2).exists()
+    assert layout.current_version(db) == 1 and not layout.version_dir(db, 2).exists()
     new_rows = [row for row in rows(db) if int(row["path"].rsplit("n", 1)[1][:3]) >= 64]
     assert len(new_rows) == 24 and any(row["exit_block"] < row["depth"] for row in new_rows)
     # every block call ran one sequence per note still going: blocks after an exit were not run
@@ -110,7 +110,7 @@ def test_a_failed_quality_gate_leaves_the_index_at_full_depth_and_a_rebuild_cali
     assert cli("index", root).exit_code == 0
     state = calibration_state(db)
     assert state["status"] == "rejected" and "held-out cosine 1.01" in state["reason"]
-    assert adapters.current_version(db) == 0
+    assert layout.current_version(db) == 0
     assert all(row["exit_block"] == row["depth"] for row in rows(db))
     shown = cli("stats").stdout
     assert "calibration  not used, full depth: text: no exit reached held-out cosine 1.01" in shown
@@ -121,7 +121,7 @@ def test_a_failed_quality_gate_leaves_the_index_at_full_depth_and_a_rebuild_cali
     monkeypatch.delenv("RECALL_CALIBRATE_GATE")  # a rebuilt index is a new index: it calibrates again
     assert cli("index", root, "--rebuild").exit_code == 0
     rebuilt = calibration_state(db)
-    assert rebuilt["status"] == "done" and rebuilt["at"] > state["at"] and adapters.current_version(db) == 1
+    assert rebuilt["status"] == "done" and rebuilt["at"] > state["at"] and layout.current_version(db) == 1
     assert any(row["exit_block"] < row["depth"] for row in rows(db))
 
 
@@ -148,7 +148,7 @@ def test_a_run_interrupted_while_collecting_or_healing_resumes(tmp_path, fast_ca
     with monkeypatch.context() as patch:
         patch.setattr(heal.Healer, "_train_stage", interrupted)
         assert Cli(db)("index", root).exit_code == 130  # as after Ctrl-C
-    assert calibration_state(db)["status"] == "healing" and adapters.current_version(db) == 0
+    assert calibration_state(db)["status"] == "healing" and layout.current_version(db) == 0
     indexed = rows(db)
     assert len(indexed) == 20 + calibrate.MIN_FILES and all(row["refined"] for row in indexed)
 
@@ -156,7 +156,7 @@ def test_a_run_interrupted_while_collecting_or_healing_resumes(tmp_path, fast_ca
     write_files(root, notes(60, offset=100))
     assert Cli(db)("index", root).exit_code == 0
     state = calibration_state(db)
-    assert state["status"] == "done" and adapters.current_version(db) == state["version"]
+    assert state["status"] == "done" and layout.current_version(db) == state["version"]
     final = rows(db)
     assert len(final) == 160 and any(row["exit_block"] < row["depth"] for row in final)
     exact_before = {row["path"] for row in indexed}

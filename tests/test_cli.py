@@ -45,6 +45,19 @@ def test_stats_counts_and_json(cli, tmp_path):
     assert "minilm" in human and "text       2 files, 2 units" in human
 
 
+def test_stats_loads_neither_torch_nor_lancedb(cli, db_dir, tmp_path):
+    """`recall stats` reads the manifest and the adapter pointer only: instant, even from cron."""
+    write_files(tmp_path / "notes", {"a.txt": "a short note about kayaks"})
+    assert cli("index", tmp_path / "notes").exit_code == 0
+    probe = (
+        "import sys; from recall_cli.cli.commands import app\n"
+        f"try:\n    app(['stats', '--db', {str(db_dir)!r}])\nexcept SystemExit:\n    pass\n"
+        "print('MODULES', 'torch' in sys.modules, 'lancedb' in sys.modules)"
+    )
+    output = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert "files" in output and "MODULES False False" in output
+
+
 def test_stats_on_missing_index_is_a_clear_error(cli):
     result = cli("stats")
     assert result.exit_code == 2 and "no index" in result.stderr

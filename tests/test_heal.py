@@ -55,7 +55,7 @@ def healed_index(tmp_path_factory):
 
 def test_heal_writes_a_version_with_peft_lora_heads_and_predictor(healed_index):
     cli, root, db, report = healed_index
-    assert report["version"] == 1 and adapters.current_version(db) == 1
+    assert report["version"] == 1 and layout.current_version(db) == 1
     folder = layout.version_dir(db, 1)
     for name in ("lora.safetensors", "heads.safetensors", "predictor.safetensors", "heal.json"):
         assert (folder / name).stat().st_size > 0
@@ -129,7 +129,7 @@ def test_interrupted_heal_keeps_the_previous_version(healed_index, monkeypatch):
     monkeypatch.setattr("recall_cli.early_exit.predictor.save_predictors", crash)
     with pytest.raises(KeyboardInterrupt):
         heal_run.run_heal(db, heal.HealOptions(budget_minutes=0.2, exits=(1, 2)))
-    assert adapters.current_version(db) == 1
+    assert layout.current_version(db) == 1
     policy = parse_policy("auto", db, "minilm")
     assert isinstance(policy, PredictorPolicy) and policy.healed_source is not None
 
@@ -148,10 +148,10 @@ def test_heal_while_the_index_is_being_written_trains_and_defers_the_refresh(hea
     from recall_cli.storage.lock import WriterLock
 
     cli, root, db, _ = healed_index
-    before = adapters.current_version(db)
+    before = layout.current_version(db)
     with WriterLock(db, "watch"):  # as `recall watch` holds it
         report = heal_run.run_heal(db, heal.HealOptions(budget_minutes=0.2, exits=(1, 2)))
-    assert adapters.current_version(db) == report["version"] > before
+    assert layout.current_version(db) == report["version"] > before
     assert report["refresh"]["refreshed"] == 0 and "being written by recall watch" in report["refresh"]["skipped"]
     assert heal_run.refresh_stale(db)["refreshed"] > 0  # the deferred refresh, later
     heal_run.make_current(db, before)

@@ -33,7 +33,7 @@ from pathlib import Path
 from torch import nn
 
 from recall_cli.errors import RecallError
-from recall_cli.storage.layout import CURRENT_FILE, HEADS_FILE, HEAL_REPORT, LORA_FILE, adapters_root, version_dir
+from recall_cli.storage.layout import HEADS_FILE, HEAL_REPORT, LORA_FILE, current_version, version_dir
 
 # ------------------------------------------------------------------------------------------------
 # the healed exit path
@@ -122,15 +122,6 @@ def fresh_model(name: str, device=None, weights=None):
 # ------------------------------------------------------------------------------------------------
 # versions on disk
 # ------------------------------------------------------------------------------------------------
-
-
-def current_version(db_dir: Path) -> int:
-    """The healed version in use (0: the index was never healed, or CURRENT is unreadable)."""
-    pointer = adapters_root(db_dir) / CURRENT_FILE
-    try:
-        return int(pointer.read_text().strip())
-    except (OSError, ValueError):
-        return 0
 
 
 def current_dir(db_dir: Path) -> Path | None:

@@ -114,9 +114,8 @@ def start_calibration(run, todo: list) -> tuple:
 
 
 def _calibrator(db_dir: Path, manifest, model_name: str, index_options) -> Calibrator | None:
-    from recall_cli.early_exit.adapters import current_version
     from recall_cli.early_exit.policy import POLICY_ENV
-    from recall_cli.storage.layout import PREDICTOR_FILE
+    from recall_cli.storage.layout import PREDICTOR_FILE, current_version
 
     options = CalibrationOptions.from_env()
     spec = (index_options.exit_policy or os.environ.get(POLICY_ENV) or "auto").strip().lower()

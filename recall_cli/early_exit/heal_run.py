@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 
 from recall_cli.early_exit import predictor as exit_predictor
-from recall_cli.early_exit.adapters import current_version, save_healed
+from recall_cli.early_exit.adapters import save_healed
 from recall_cli.early_exit.heal import Healer, HealOptions, Sample, choose_labels
 from recall_cli.errors import RecallError
 from recall_cli.paths import real_path
-from recall_cli.storage.layout import CURRENT_FILE, PREDICTOR_FILE, adapters_root, version_dir
+from recall_cli.storage.layout import CURRENT_FILE, PREDICTOR_FILE, adapters_root, current_version, version_dir
 from recall_cli.storage.lock import HealLock
 
 log = logging.getLogger("recall")

@@ -23,11 +23,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from recall_cli.early_exit.adapters import current_dir, current_version, load_healed
+from recall_cli.early_exit.adapters import current_dir, load_healed
 from recall_cli.early_exit.plan import ExitPlan
 from recall_cli.early_exit.predictor import ExitPredictor, load_predictors
 from recall_cli.errors import RecallError
-from recall_cli.storage.layout import PREDICTOR_FILE
+from recall_cli.storage.layout import PREDICTOR_FILE, current_version
 
 POLICY_ENV = "RECALL_EXIT_POLICY"
 GOLDEN_RATIO_FRACTION = 0.6180339887498949  # step of the low-discrepancy sequence MixPolicy draws from

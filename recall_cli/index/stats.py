@@ -46,7 +46,7 @@ def collect_stats(db_dir: Path) -> dict:
 def healing_stats(db_dir: Path) -> dict:
     """Adapter version in use and coarse rows made with other adapters (opens the vector store
     only for a healed index)."""
-    from recall_cli.early_exit.adapters import current_version
+    from recall_cli.storage.layout import current_version
 
     version = current_version(db_dir)
     if not version:

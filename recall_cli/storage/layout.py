@@ -136,3 +136,12 @@ def table_files(db_dir: Path) -> dict:
         "data_files": count("data", ".lance"),
         "bytes": directory_bytes(table),
     }
+
+
+def current_version(db_dir: Path) -> int:
+    """The healed version in use (0: the index was never healed, or CURRENT is unreadable)."""
+    pointer = adapters_root(db_dir) / CURRENT_FILE
+    try:
+        return int(pointer.read_text().strip())
+    except (OSError, ValueError):
+        return 0
