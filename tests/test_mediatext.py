@@ -251,3 +251,72 @@ def strip_media_text(db_dir: Path) -> None:
     conn.execute("DELETE FROM media_facts")
     conn.commit()
     conn.close()
+
+
+def test_query_terms_find_the_same_files_as_the_flags(corpus):
+    _, cli, _ = corpus
+    lisbon = "{},{}".format(*CITIES["Lisbon"])
+    cases = [  # (the query with a term, the same query with the flag, what both must find)
+        (
+            ["photo taken:2021", "-t", "image"],
+            ["photo", "--taken-after", "2021-01-01", "--taken-before", "2021-12-31", "-t", "image"],
+            {"IMG_0004.jpg", "IMG_0005.jpg"},
+        ),
+        (
+            ["video taken:2021-05-01"],
+            ["video", "--taken-after", "2021-05-01", "--taken-before", "2021-05-01"],
+            {"VID_0001.mp4"},
+        ),
+        (
+            ["photo taken:2021-06-06..2021-08", "-t", "image"],
+            ["photo", "--taken-after", "2021-06-06", "--taken-before", "2021-08-31", "-t", "image"],
+            {"IMG_0005.jpg"},
+        ),
+        (
+            ["photo taken:..2014", "-t", "image"],
+            ["photo", "--taken-before", "2014-12-31", "-t", "image"],
+            {"IMG_0006.jpg"},
+        ),
+        (["photo near:Lisbon"], ["photo", "--near", "Lisbon"], {"red_kayak_2019.jpg", "IMG_0005.jpg", "VID_0001.mp4"}),
+        ([f"photo near:{lisbon},5"], ["photo", "--near", f"{lisbon},5"], {"red_kayak_2019.jpg", "VID_0001.mp4"}),
+        (['photo near:"Paris, FR"'], ["photo", "--near", "Paris, FR"], {"IMG_0002.jpg"}),
+        (["photo camera:iphone"], ["photo", "--camera", "iphone"], {"IMG_0002.jpg", "IMG_0004.jpg", "IMG_0005.jpg"}),
+        (
+            ['song artist:"nina simone"'],
+            ["song", "--artist", "nina simone"],
+            {"track01.mp3", "track01.flac", "track01.m4a"},
+        ),
+    ]
+    for with_term, with_flag, expected in cases:
+        assert set(found(cli, *with_term)) == set(found(cli, *with_flag)) == expected, with_term[0]
+    both = found(cli, "photo camera:iphone taken:2021", "-t", "image")  # terms combine, like flags
+    assert set(both) == {"IMG_0004.jpg", "IMG_0005.jpg"}
+    assert set(found(cli, "photo camera:iphone", "--near", "Lisbon")) == {"IMG_0005.jpg"}
+
+
+def test_query_terms_that_cannot_be_read_say_how_in_one_line(corpus):
+    _, cli, _ = corpus
+    for args, says in (
+        (["photo taken:2019-13"], "use YYYY, YYYY-MM, YYYY-MM-DD"),
+        (["photo camera:canon", "--camera", "nikon"], "give that filter once"),
+        (["taken:2019 near:Lisbon"], "add words"),
+        (["photo near:Xyzzyville"], "no city of that name"),
+    ):
+        result = cli("query", *args)
+        assert result.exit_code == 2 and says in result.stderr, args
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_taken_term_spans():
+    from recall_cli.query.language import read_query, taken_range
+
+    assert taken_range("2019") == ("2019-01-01", "2019-12-31")
+    assert taken_range("2020-02") == ("2020-02-01", "2020-02-29")
+    assert taken_range("2019-07-14") == ("2019-07-14", "2019-07-14")
+    assert taken_range("2019-07..2019-09-15") == ("2019-07-01", "2019-09-15")
+    assert taken_range("..2019-07") == (None, "2019-07-31")
+    assert taken_range("2019-07-14T10:00..") == ("2019-07-14T10:00", None)
+    query = read_query('beach near:"Paris, FR 30km" camera:Canon "red kayak"')
+    assert query.filters == {"near": "Paris, FR 30km", "camera": "Canon"}
+    assert query.terms == [(1.0, "beach red kayak")] and query.keyword.phrases == ("red kayak",)
+    assert read_query("meet near: the station").filters == {}  # a colon then a space is plain text

@@ -72,7 +72,8 @@ def query(
 ) -> None:
     """Search the index by meaning and by words at once (both rankings fused; --semantic or
     --keyword for one).  "quoted phrase" must appear as written; name:WORD must be in the file
-    name.  Exit status: 0 results found, 1 none, 2 error."""
+    name; taken:2019-07 (or A..B), near:PLACE, camera:TEXT and artist:TEXT filter like their
+    flags.  Exit status: 0 results found, 1 none, 2 error."""
     setup_logging(False, verbose)
 
     def action():

@@ -16,6 +16,11 @@
   (a single quoted term is a phrase, searched both ways).
 * Dates for --since/--until: YYYY-MM-DD (local midnight; --until includes that whole day) or an
   ISO 8601 datetime (naive: local time).  Compared with the file's mtime.
+* Media filters inside the query, the same filters as the flags (query/mediafilter.py), and not
+  embedded: `taken:DATE` (YYYY, YYYY-MM, YYYY-MM-DD or an ISO datetime: that year, month, day or
+  moment) or `taken:DATE..DATE` (either end may be left out) for --taken-after/--taken-before;
+  `near:PLACE` or `near:LAT,LON[,KM]` for --near; `camera:TEXT` for --camera; `artist:TEXT` for
+  --artist.  A value with spaces is quoted: `near:"Paris, FR 30km"`, `artist:"nina simone"`.
 """
 
 from __future__ import annotations
@@ -125,10 +130,84 @@ class KeywordQuery:
 class Query:
     terms: list[tuple[float, str]] = field(default_factory=list)  # the vector side; [] for names alone
     keyword: KeywordQuery = KeywordQuery()
+    filters: dict = field(default_factory=dict)  # QueryOptions values from taken:/near:/camera:/artist:
+
+
+_FILTER = re.compile(r"""(?<!\S)(taken|near|camera|artist):(?:"([^"]*)"|'([^']*)'|(\S+))""")
+_FILTER_OPTION = {"near": "near", "camera": "camera", "artist": "artist"}
+
+
+def read_filters(text: str) -> tuple[dict, str]:
+    """The media filter terms of a query as QueryOptions values, and the query without them."""
+    filters: dict = {}
+    for match in _FILTER.finditer(text):
+        key, value = match.group(1), next((part for part in match.groups()[1:] if part is not None), "").strip()
+        if not value:
+            raise RecallError(f"{key}: needs a value, e.g. {_FILTER_EXAMPLES[key]}")
+        values = (
+            dict(zip(("taken_after", "taken_before"), taken_range(value), strict=True))
+            if key == "taken"
+            else {_FILTER_OPTION[key]: value}
+        )
+        for option, given in values.items():
+            if given is None:
+                continue
+            if filters.get(option, given) != given:
+                raise RecallError(f"{key}: given twice with different values; give it once")
+            filters[option] = given
+    return filters, _FILTER.sub(" ", text)
+
+
+_FILTER_EXAMPLES = {
+    "taken": "taken:2019-07 or taken:2019-07-01..2019-08-15",
+    "near": 'near:Lisbon, near:"Paris, FR 30km" or near:38.72,-9.14,5',
+    "camera": "camera:iphone",
+    "artist": 'artist:"nina simone"',
+}
+
+
+def taken_range(value: str) -> tuple[str | None, str | None]:
+    """(taken after, taken before) of a `taken:` value: a year, month, day or moment is that whole
+    span; `A..B` runs from A's start to B's end, and either end may be left out."""
+    import calendar
+
+    first, dots, last = value.partition("..")
+    first, last = first.strip(), (last.strip() if dots else first.strip())
+    if not first and not last:
+        raise RecallError(f"taken:{value} has no date; use e.g. {_FILTER_EXAMPLES['taken']}")
+    spans = []
+    for part, end in ((first, False), (last, True)):
+        if not part:
+            spans.append(None)
+            continue
+        if re.fullmatch(r"\d{4}", part):
+            part = f"{part}-12-31" if end else f"{part}-01-01"
+        elif re.fullmatch(r"\d{4}-\d{2}", part) and 1 <= int(part[5:]) <= 12:
+            days = calendar.monthrange(int(part[:4]), int(part[5:]))[1]
+            part = f"{part}-{days:02d}" if end else f"{part}-01"
+        try:
+            parse_date(part, end=end, utc=True)
+        except RecallError:
+            raise RecallError(
+                f"cannot read date {part!r} in taken:{value}; use YYYY, YYYY-MM, YYYY-MM-DD or an ISO datetime"
+            ) from None
+        spans.append(part)
+    return spans[0], spans[1]
 
 
 def read_query(text: str) -> Query:
-    """Both sides of one query: the weighted terms to embed and the words to look up."""
+    """Both sides of one query: the weighted terms to embed and the words to look up, and the
+    media filters it names."""
+    filters, text = read_filters(text)
+    if filters and not text.strip():
+        raise RecallError(
+            "a query of filters alone has nothing to rank by; add words, e.g. 'photo taken:2019 near:Lisbon'"
+        )
+    query = _read_terms(text)
+    return Query(query.terms, query.keyword, filters) if filters else query
+
+
+def _read_terms(text: str) -> Query:
     names = tuple(" ".join(part for part in match.groups() if part) for match in _NAME.finditer(text))
     names = tuple(name for name in names if name.strip())
     rest = _NAME.sub(" ", text)

@@ -51,6 +51,21 @@ class QueryOptions:
                 values[field.name] = _typed(field.name, payload[field.name])
         return cls(**values)
 
+    def with_filters(self, filters: dict) -> QueryOptions:
+        """These options with the media filters a query names (`taken:`, `near:`, `camera:`,
+        `artist:`; query/language.py): a term fills an option its flag left empty, and the same
+        filter given both ways with different values is an error."""
+        from dataclasses import replace
+
+        from recall_cli.errors import RecallError
+
+        for option, value in filters.items():
+            flag = getattr(self, option)
+            if flag is not None and flag != value:
+                spelling = "--" + option.replace("_", "-")
+                raise RecallError(f"{spelling} {flag!r} and the query's {value!r} disagree; give that filter once")
+        return replace(self, **filters) if filters else self
+
 
 LOCAL_ONLY = ("device", "weights")
 _KINDS = {"limit": int, "offset": int, "min_score": float, "budget": float}

@@ -113,28 +113,32 @@ class Searcher:
 
         if not texts:
             return []
-        where = build_filter(options)
         if options.min_score is not None and not -1.0 <= options.min_score <= 1.0:
             raise RecallError("--min-score is a cosine similarity between -1 and 1")
         if options.budget is not None and options.budget < 0:
             raise RecallError("--budget is a number of seconds, 0 or more")
         if not self.store.has_text_side and options.mode != "semantic":
             self._add_text_side()
-        if uses_media_filters(options) and not self.store.has_meta_side:
-            raise RecallError("this index has no media metadata yet; run `recall index` on its folders once to add it")
         queries = [read_query(text) if (text or not options.like) else Query() for text in texts]
+        per_query = [options.with_filters(query.filters) for query in queries]  # taken:, near:, ... terms
+        if any(uses_media_filters(each) for each in per_query) and not self.store.has_meta_side:
+            raise RecallError("this index has no media metadata yet; run `recall index` on its folders once to add it")
+        wheres = [build_filter(each) for each in per_query]
         # the keyword side needs no query vector: it runs on the other core while the query is embedded
-        keyword_jobs = [self._start_keyword_search(query.keyword, options, where) for query in queries]
+        keyword_jobs = [
+            self._start_keyword_search(query.keyword, each, where)
+            for query, each, where in zip(queries, per_query, wheres, strict=True)
+        ]
         like = self._like_vector(options.like) if options.like else None
         embed = options.mode != "keyword" or options.min_score is not None  # keyword mode needs no vector
         terms = sorted({term for query in queries for _, term in query.terms}) if embed else []
         encoded = dict(zip(terms, _encode_queries(self.query_encoder, terms), strict=True)) if terms else {}
         results = []
-        for text, query, job in zip(texts, queries, keyword_jobs, strict=True):
+        for text, query, job, each, where in zip(texts, queries, keyword_jobs, per_query, wheres, strict=True):
             vector = self._query_vector(text, query.terms if embed else [], encoded, like)
             label = text or f"like:{options.like}"
             by_keyword = job.result() if job is not None else None
-            results.append(self._rank(label, vector, by_keyword, options, where))
+            results.append(self._rank(label, vector, by_keyword, each, where))
         return results
 
     def _start_keyword_search(self, keyword, options: QueryOptions, where: str | None):

@@ -39,7 +39,7 @@ def describe(path: Path, modality: str) -> MediaText:
             notes.append(f"place name unavailable ({type(error).__name__})")
     text_in_image = ""
     if modality == "image":
-        text_in_image, note = _ocr(path)
+        text_in_image, note = read_image_text(path)
         if note:
             notes.append(note)
         if text_in_image:
@@ -65,7 +65,9 @@ def _facts(path: Path, modality: str) -> tuple[dict, list[str]]:
     return {}, []
 
 
-def _ocr(path: Path) -> tuple[str, str | None]:
+def read_image_text(path: Path) -> tuple[str, str | None]:
+    """(the text OCR reads in an image file, a note when it could not), as an index run reads it:
+    the cheap text test first (textgate.py), then detection, then recognition where text was found."""
     from recall_cli.models.mediatext import ocr
 
     if not ocr.enabled():
@@ -73,14 +75,20 @@ def _ocr(path: Path) -> tuple[str, str | None]:
     if not ocr.available():
         return "", "OCR unavailable (rapidocr-onnxruntime is not installed)"
     try:
-        from PIL import Image
+        from PIL import Image, ImageOps
 
         from recall_cli.models.mediatext.exif import _register_heif
 
         _register_heif()
+        if ocr.gated():
+            from recall_cli.models.mediatext.textgate import gate_copy, might_hold_text
+
+            with Image.open(path) as image:
+                if not might_hold_text(gate_copy(image)):
+                    return "", None  # a photo without text: a few ms, no detection pass
         with Image.open(path) as image:
             image.draft("RGB", (4096, 4096))  # a JPEG decodes at a fraction of its size when that suffices
-            return ocr.read_text(image)[:MAX_TEXT], None
+            return ocr.read_text(ImageOps.exif_transpose(image))[:MAX_TEXT], None
     except Exception as error:  # an image OCR cannot read still has its name and metadata
         return "", f"OCR failed ({type(error).__name__})"
 

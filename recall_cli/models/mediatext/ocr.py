@@ -1,12 +1,14 @@
 """Text in images, read by RapidOCR (PaddleOCR's models on ONNX Runtime, shipped in its wheel: no
 download at run time).
 
-Cost control: a photo without text must stay cheap.  A detection pass on a copy no larger than
-DETECT_SIDE pixels decides whether recognition runs at all; recognition then reads only the boxes
+Cost control: a photo without text must stay cheap.  A test of a few milliseconds on a small
+grey copy (textgate.py) decides whether the detection pass runs; that pass, on a copy no larger
+than DETECT_SIDE pixels, decides whether recognition runs at all; recognition then reads only the boxes
 found, cropped from the full-resolution image, so small text is read at its real size.  The engine
 is loaded once per process, on the first image that needs it.
 
-Off with `recall index --no-ocr`, or RECALL_OCR=0 in the environment (also for `recall watch`).
+Off with `recall index --no-ocr`, or RECALL_OCR=0 in the environment (also for `recall watch`);
+RECALL_OCR=always runs the detection pass on every image.
 """
 
 from __future__ import annotations
@@ -35,6 +37,12 @@ def enabled() -> bool:
     if _state["enabled"] is not None:
         return _state["enabled"]
     return os.environ.get("RECALL_OCR", "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+def gated() -> bool:
+    """Whether the cheap text test (textgate.py) decides if the detection pass runs; off with
+    RECALL_OCR=always, for a collection whose text the test misses."""
+    return os.environ.get("RECALL_OCR", "1").strip().lower() != "always"
 
 
 def available() -> bool:
