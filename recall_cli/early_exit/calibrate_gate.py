@@ -9,9 +9,10 @@ heads or the predictor):
   * held-out cosine: the mean cosine of each held-out unit's exit embedding to its full-depth
     embedding must reach GATE_COSINE ($RECALL_CALIBRATE_GATE).  Measured against the real thing
     (MiniLM, docstrings: a 127-file sample healed for 200 steps, then every exit used on the other
-    1,148 files with the benchmark's queries), this is the figure that tracks retrieval: held-out
-    cosines of 0.71 / 0.73 / 0.78 gave a refined first pass of 0.66 / 0.74 / 0.84 of full R@10 and
-    coarse R@10 of 0.34 / 0.42 / 0.52.  So 0.80 is a floor, not a promise of the 0.95 target.
+    1,148 files with the benchmark's queries; benchmarks/bench_calibrate_gate.py), this is the
+    figure that moves with retrieval: held-out cosines of 0.71-0.74 (exits 1-4) gave a refined
+    first pass of 0.66-0.74 of full R@10 and coarse R@10 of 0.34-0.42; 0.78 (exit 5) gave 0.84 and
+    0.52.  So 0.80 is a floor, not a promise of the 0.95 target.
   * held-out retrieval: each held-out unit's full-depth embedding is a "more like this" query
     (the index has no user queries yet), the other held-out units are the corpus; the truth is the
     query's top k by full-depth embeddings, and the exit must bring a share GATE_CANDIDATES of it
