@@ -12,7 +12,10 @@ heads or the predictor):
     1,148 files with the benchmark's queries; benchmarks/bench_calibrate_gate.py), this is the
     figure that moves with retrieval: held-out cosines of 0.71-0.74 (exits 1-4) gave a refined
     first pass of 0.66-0.74 of full R@10 and coarse R@10 of 0.34-0.42; 0.78 (exit 5) gave 0.84 and
-    0.52.  So 0.80 is a floor, not a promise of the 0.95 target.
+    0.52.  With a 382-file sample (30%; what MAX_FILES gives a large index) the held-out cosines
+    rose to 0.77-0.84: 0.77-0.80 (exits 1-4) gave a first pass of 0.86-0.89 and coarse 0.57-0.66,
+    0.84 (exit 5) gave 0.96 and 0.77.  So 0.80 is a floor, not a promise of the 0.95 target
+    (about 0.83 would be).
   * held-out retrieval: each held-out unit's full-depth embedding is a "more like this" query
     (the index has no user queries yet), the other held-out units are the corpus; the truth is the
     query's top k by full-depth embeddings, and the exit must bring a share GATE_CANDIDATES of it
