@@ -20,6 +20,9 @@ os.environ.setdefault("RECALL_DEVICE", "cpu")
 os.environ.setdefault("RECALL_DTYPE", "fp32")
 # a query would leave a query server running per test index: only the tests of that feature want one
 os.environ.setdefault("RECALL_SERVER_AUTOSTART", "0")
+# a new index calibrates its exits by default; tests/test_calibrate.py turns it on for itself, the
+# other tests keep their full-depth indexes (and their time)
+os.environ.setdefault("RECALL_CALIBRATE", "0")
 
 
 class Cli:

@@ -1,13 +1,14 @@
 """Calibration: a new index heals its own exits on its first files, once, within one `recall index`."""
 
 import json
+import shutil
 
 import lancedb
 import pytest
 from conftest import Cli, write_files
 from test_heal import notes
 
-from recall_cli.early_exit import calibrate, heal
+from recall_cli.early_exit import adapters, calibrate, calibrate_gate, heal, heal_run
 from recall_cli.index.indexer import index_locked
 from recall_cli.index.options import IndexOptions
 from recall_cli.models.minilm.model import MiniLM
@@ -48,12 +49,22 @@ def calibrated(tmp_path_factory):
     root, db = base / "files", base / "db"
     write_files(root, notes(64))
     cli = Cli(db)
+    original = heal.collect_head_outputs
+
+    def counted(model, modality, data, exits, k0, batch, healed=None):
+        BASE_PASSES.append(healed is None)  # a pass of the sample through the base blocks
+        return original(model, modality, data, exits, k0, batch, healed)
+
     with pytest.MonkeyPatch.context() as patch:
         for key, value in FAST.items():
             patch.setenv(key, value)
+        patch.setattr(heal, "collect_head_outputs", counted)
         result = cli("index", root)
     assert result.exit_code == 0, result.stderr
     return cli, root, db
+
+
+BASE_PASSES: list[bool] = []
 
 
 def test_first_index_calibrates_and_then_skips_blocks(calibrated):
@@ -75,6 +86,14 @@ def test_first_index_calibrates_and_then_skips_blocks(calibrated):
     assert stats["calibration"]["status"] == "done"
     shown = cli("stats").stdout
     assert "calibration  v1 from 48 units of 48 files" in shown and "held-out cosine 1: " in shown
+    assert "held-out top-" in shown and set(text["heldout_retrieval"]) == {"1", "2", "3", "4", "5"}
+
+
+def test_calibration_heals_from_the_states_the_first_encode_computed(calibrated):
+    # the ridge heads, exit shares and predictor input come from the sample's own full-depth encode:
+    # the only pass over the sample is the one through the healed exits (for the gate)
+    assert BASE_PASSES == [False]
+    assert calibration_state(calibrated[2])["modalities"]["text"]["reused_encode_states"] is True
 
 
 def test_calibration_happens_once_and_later_files_skip_the_blocks_after_their_exit(
@@ -103,22 +122,23 @@ def test_calibration_happens_once_and_later_files_skip_the_blocks_after_their_ex
 def test_a_failed_quality_gate_leaves_the_index_at_full_depth_and_a_rebuild_calibrates_again(
     tmp_path, fast_calibration, monkeypatch
 ):
-    monkeypatch.setenv("RECALL_CALIBRATE_GATE", "1.01")  # no cosine reaches it
+    monkeypatch.setenv("RECALL_CALIBRATE_GATE_CANDIDATES", "1.01")  # no held-out retrieval reaches it
     root, db = tmp_path / "files", tmp_path / "db"
     write_files(root, notes(56))
     cli = Cli(db)
     assert cli("index", root).exit_code == 0
     state = calibration_state(db)
-    assert state["status"] == "rejected" and "held-out cosine 1.01" in state["reason"]
+    assert state["status"] == "rejected" and "text: no exit reached held-out cosine" in state["reason"]
     assert layout.current_version(db) == 0
     assert all(row["exit_block"] == row["depth"] for row in rows(db))
     shown = cli("stats").stdout
-    assert "calibration  not used, full depth: text: no exit reached held-out cosine 1.01" in shown
+    assert "calibration  not used, full depth: text: no exit reached held-out cosine 0.80 with top-" in shown
+    assert ">= 1.01" in shown
     assert "0.0% of encoder blocks skipped" in shown
     write_files(root, notes(8, offset=56))  # rejected once: later runs stay at full depth, untried
     assert cli("index", root).exit_code == 0
     assert calibration_state(db) == state and all(row["exit_block"] == row["depth"] for row in rows(db))
-    monkeypatch.delenv("RECALL_CALIBRATE_GATE")  # a rebuilt index is a new index: it calibrates again
+    monkeypatch.delenv("RECALL_CALIBRATE_GATE_CANDIDATES")  # a rebuilt index is a new index: it calibrates again
     assert cli("index", root, "--rebuild").exit_code == 0
     rebuilt = calibration_state(db)
     assert rebuilt["status"] == "done" and rebuilt["at"] > state["at"] and layout.current_version(db) == 1
@@ -161,3 +181,49 @@ def test_a_run_interrupted_while_collecting_or_healing_resumes(tmp_path, fast_ca
     assert len(final) == 160 and any(row["exit_block"] < row["depth"] for row in final)
     exact_before = {row["path"] for row in indexed}
     assert all(row["refined"] for row in final if row["path"] in exact_before)  # written before: still exact
+
+
+def test_held_out_retrieval_tells_a_faithful_exit_from_a_useless_one():
+    import torch
+
+    torch.manual_seed(0)
+    teacher = torch.nn.functional.normalize(torch.randn(60, 16), dim=-1)
+    held = list(range(20, 60))
+    faithful = calibrate_gate.heldout_retrieval(teacher, teacher, held)
+    assert faithful == {"k": 3, "m": 15, "candidates": 1.0, "coarse": 1.0}
+    noisy = torch.nn.functional.normalize(teacher + 0.3 * torch.randn(60, 16), dim=-1)
+    useless = torch.nn.functional.normalize(torch.randn(60, 16), dim=-1)
+    scores = [calibrate_gate.heldout_retrieval(e, teacher, held) for e in (noisy, useless)]
+    assert 1.0 > scores[0]["candidates"] > scores[1]["candidates"] and scores[0]["coarse"] > scores[1]["coarse"]
+    gate = calibrate_gate.Gate()
+    assert gate.passes(faithful, 0.9) and not gate.passes(scores[1], 0.9)
+
+
+def test_on_by_default_a_small_new_index_defers_and_says_why(tmp_path, monkeypatch):
+    monkeypatch.delenv("RECALL_CALIBRATE", raising=False)  # the product default (the suite turns it off)
+    root, db = tmp_path / "files", tmp_path / "db"
+    write_files(root, notes(52))
+    cli = Cli(db)
+    assert cli("index", root).exit_code == 0
+    state = calibration_state(db)
+    assert state["status"] == "deferred" and "less than" in state["reason"] and "s of healing" in state["reason"]
+    assert layout.current_version(db) == 0 and all(row["exit_block"] == row["depth"] for row in rows(db))
+    assert "calibration  deferred: " in cli("stats").stdout
+    monkeypatch.setenv("RECALL_CALIBRATE", "0")  # off: a new index never tries
+    assert Cli(tmp_path / "db2")("index", root).exit_code == 0
+    assert calibration_state(tmp_path / "db2") is None
+
+
+def test_a_later_heal_starts_from_the_calibrated_adapters(calibrated, tmp_path):
+    _, _, db = calibrated
+    copy = tmp_path / "db"
+    shutil.copytree(db, copy)
+    report = heal_run.run_heal(copy, heal.HealOptions(budget_minutes=0.2, steps=10, seed=1))
+    assert report["version"] == 2 and report["modalities"]["text"]["warm_start"].endswith("1")
+    calibrated_lora = adapters.modality_tensors(layout.version_dir(copy, 1) / layout.LORA_FILE, "text")
+    healed_lora = adapters.modality_tensors(layout.version_dir(copy, 2) / layout.LORA_FILE, "text")
+    # ten more steps move the adapters a little from where calibration left them (a fresh start
+    # would have new random A matrices, as far from them as they are from zero)
+    moved = sum(float((healed_lora[n] - calibrated_lora[n]).norm()) for n in calibrated_lora)
+    size = sum(float(calibrated_lora[n].norm()) for n in calibrated_lora)
+    assert moved < 0.5 * size

@@ -114,7 +114,7 @@ def format_stats(stats: dict) -> str:
             "(refresh: `recall heal --refresh-only`)"
         )
     else:
-        lines.append("healing      not healed (full depth until `recall heal`, or RECALL_CALIBRATE=1 on a new index)")
+        lines.append("healing      not healed (full depth until calibration or `recall heal`)")
     when = stats["last_index_at"]
     lines.append(f"last index   {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(when)) if when else 'never'}")
     if stats["failures"]:
@@ -175,4 +175,12 @@ def calibration_lines(state: dict | None) -> list[str]:
         cosines = ", ".join(f"{e}: {c:.3f}" for e, c in sorted(info["heldout_cosine"].items(), key=lambda i: int(i[0])))
         enabled = ",".join(map(str, info["enabled_exits"])) or "none"
         lines.append(f"  {modality:<6} held-out cosine {cosines}; exits used {enabled}")
+        retrieval = info.get("heldout_retrieval")
+        if retrieval:
+            k, m = next(iter(retrieval.values()))["k"], next(iter(retrieval.values()))["m"]
+            shares = ", ".join(
+                f"{e}: {r['candidates']:.2f}/{r['coarse']:.2f}"
+                for e, r in sorted(retrieval.items(), key=lambda i: int(i[0]))
+            )
+            lines.append(f"  {modality:<6} held-out top-{k} found in top-{m}/top-{k}: {shares}")
     return lines

@@ -163,14 +163,14 @@ def load_healed(db_dir: Path, base_model, modality: str) -> HealedExits | None:
         base_model.name, device=str(base_model.device) if base_model.device else None, weights=report.get("weights")
     )
     heads = ExitHeads(model.dim, exits)
-    heads.load_state_dict(_modality_tensors(folder / HEADS_FILE, modality))
+    heads.load_state_dict(modality_tensors(folder / HEADS_FILE, modality))
     if mode == "lora":
         _load_lora(model, modality, range(k0, max(exits)), info["rank"], folder)
     heads.to(model.device).eval().requires_grad_(False)
     return HealedExits(modality, version, mode, k0, list(exits), model, heads)
 
 
-def _modality_tensors(path: Path, modality: str) -> dict:
+def modality_tensors(path: Path, modality: str) -> dict:
     """The tensors of one modality in a version file, with the "<modality>/" prefix taken off."""
     from safetensors.torch import load_file
 
@@ -182,7 +182,7 @@ def _load_lora(model, modality: str, blocks: range, rank: int, folder: Path) -> 
     """Inject adapters into `blocks` and load their trained weights, frozen.  Every injected
     adapter must be in the file: a missing one would silently run untrained."""
     root = inject_lora(model, modality, blocks, rank)
-    state = _modality_tensors(folder / LORA_FILE, modality)
+    state = modality_tensors(folder / LORA_FILE, modality)
     missing = [name for name, _ in root.named_parameters() if "lora_" in name and name not in state]
     if missing:
         raise RecallError(f"healed adapters in {folder} are incomplete; run `recall heal` again")

@@ -6,19 +6,22 @@ How a run calibrates (default policy `auto`, an index never healed, no `--full`)
      MIN_FILES, at most MAX_FILES), drawn in proportion from each file type (the suffix stands for
      the modality before the file is read), is put first in the run.  They run at full depth as
      before, so they get exact embeddings; their decoded units and full-depth vectors, computed
-     anyway, are kept in memory as the sample and its teachers (at most MAX_UNITS per modality).
+     anyway, are kept in memory as the sample and its teachers (at most MAX_UNITS per modality),
+     with the states the encode passed through on its way to full depth (calibrate_sample.py).
   2. heal: once the sample files are written, each modality with at least MIN_UNITS units is healed
-     (heal.py: ridge heads, then progressive LoRA) within BUDGET_SHARE of the run's projected
+     (heal.py: ridge heads fitted on the kept states, then progressive LoRA) within BUDGET_SHARE of the run's projected
      full-depth time (measured on the sample files; clamped to MIN_SECONDS..MAX_SECONDS), or a
      fixed number of steps ($RECALL_CALIBRATE_STEPS: the same quality on any machine), and the
      exit predictor is trained on a target of TARGET_COMPUTE of the blocks.
-  3. gate: an exit is enabled only if its mean cosine to full depth on files held out of training
-     reaches GATE_COSINE; the projected saving over the rest of the run (its units x measured
-     encode time per unit x blocks the predictor skips) must exceed the time spent healing.  Else
+  3. gate: an exit is enabled only if, on files held out of training, its mean cosine to full
+     depth reaches a floor (0.80) and it brings the full-depth top k of held-out "more like this"
+     queries into its top 5k (calibrate_gate.py: why both); the projected saving over the
+     rest of the run (its units x measured encode time per unit x blocks the predictor skips) must
+     exceed the time spent healing.  Else
      the index stays at full depth and the manifest says why (`recall stats`, one line).
   4. use: the healed exits and predictor are saved as the index's adapter version (the same files
-     `recall heal` writes, so a later `recall heal` replaces them with a better version and
-     refreshes the coarse rows), and the rest of the run encodes with exits.
+     `recall heal` writes, so a later `recall heal` starts from them, replaces them with a better
+     version and refreshes the coarse rows), and the rest of the run encodes with exits.
 
 Once: the outcome ("done" or "rejected") is kept in the manifest's meta; an index that has it never
 calibrates again (`recall heal` is the way to heal further).  A run that is interrupted while
@@ -28,7 +31,9 @@ new files for the saving to pay ("deferred") or that ends before its sample is c
 "collecting") leaves calibration to a later run.  `index --rebuild` builds a fresh index, which
 calibrates again.
 
-On with RECALL_CALIBRATE=1 (off by default: the held-out gate rejected it on docstrings); README.md.
+On by default; RECALL_CALIBRATE=0 turns it off.  Before healing, a run checks that the exits could
+pay: the units left x time per unit x EXPECTED_SKIP must exceed the healing budget, so a small
+index (MiniLM encodes ~100 units/s) defers and costs nothing but the sample's ordering; README.md.
 """
 
 from __future__ import annotations
@@ -37,10 +42,11 @@ import json
 import logging
 import math
 import os
-import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from recall_cli.early_exit.calibrate_sample import Collected, FeatureStore, SampleFirst, heal_sample, stratified_pick
 
 log = logging.getLogger("recall")
 
@@ -53,9 +59,7 @@ MAX_UNITS = 512
 BUDGET_SHARE = 0.12
 MIN_SECONDS = 10.0
 MAX_SECONDS = 300.0
-GATE_COSINE = 0.80
 TARGET_COMPUTE = 0.55
-HELDOUT_FILES = 0.2
 PREDICTOR_SHARE = 0.1  # of the healing time kept for the predictor and saving
 EXPECTED_SKIP = 0.35  # share of encode time exits are expected to save: the check before healing
 FINAL = ("done", "rejected")
@@ -68,7 +72,6 @@ class CalibrationOptions:
     budget_share: float = BUDGET_SHARE
     seconds: float | None = None  # fixed healing time instead of budget_share of the run
     steps: int | None = None  # fixed training steps (load-independent quality)
-    gate_cosine: float = GATE_COSINE
     check_saving: bool = True
     seed: int = 0
 
@@ -76,14 +79,13 @@ class CalibrationOptions:
     def from_env(cls) -> CalibrationOptions:
         env = os.environ.get
         options = cls()
-        options.enabled = env("RECALL_CALIBRATE", "0").strip().lower() not in ("0", "off", "no", "false", "")
+        options.enabled = env("RECALL_CALIBRATE", "1").strip().lower() not in ("0", "off", "no", "false", "")
         options.check_saving = env("RECALL_CALIBRATE_SAVING", "1").strip() != "0"
         for name, key, kind in (
             ("sample_share", "RECALL_CALIBRATE_SHARE", float),
             ("budget_share", "RECALL_CALIBRATE_BUDGET", float),
             ("seconds", "RECALL_CALIBRATE_SECONDS", float),
             ("steps", "RECALL_CALIBRATE_STEPS", int),
-            ("gate_cosine", "RECALL_CALIBRATE_GATE", float),
         ):
             if env(key):
                 setattr(options, name, kind(env(key)))
@@ -130,13 +132,6 @@ def _calibrator(db_dir: Path, manifest, model_name: str, index_options) -> Calib
     return Calibrator(Path(db_dir), manifest, model_name, options)
 
 
-@dataclass
-class _Collected:
-    data: list = field(default_factory=list)
-    teacher: list = field(default_factory=list)  # full-depth vectors (numpy), as written
-    files: list[str] = field(default_factory=list)
-
-
 class Calibrator:
     """Calibration within one index run (see the module docstring).  `start_calibration` orders
     the run's work list; the run calls `observe` after each flush (True: the exit policy changed)."""
@@ -147,7 +142,8 @@ class Calibrator:
         self.sample_paths: set[str] = set()
         self.sample_written: set[str] = set()  # sample files whose units were flushed
         self.sample_complete = False  # every sample file was applied
-        self.by_modality: dict[str, _Collected] = {}
+        self.by_modality: dict[str, Collected] = {}
+        self.features = FeatureStore()
         self.files_total = self.files_done = self.units_done = 0
         self.encode_seconds = 0.0
         self.started = time.perf_counter()
@@ -158,13 +154,16 @@ class Calibrator:
         `flush` is called once the last sample file is applied, so healing starts right after it."""
         self.files_total = len(todo)
         count = min(MAX_FILES, max(MIN_FILES, math.ceil(self.options.sample_share * len(todo))), len(todo))
-        self.sample_paths = set(_stratified_pick([entry.path for entry, _ in todo], count, self.options.seed))
+        self.sample_paths = set(stratified_pick([entry.path for entry, _ in todo], count, self.options.seed))
         self.collecting = True
         self.started = time.perf_counter()
         write_calibration(self.manifest, {"status": "collecting", "sample_files": count, "at": time.time()})
         first = [item for item in todo if item[0].path in self.sample_paths]
         rest = [item for item in todo if item[0].path not in self.sample_paths]
-        return _SampleFirst(first + rest, len(first), self._sample_applied(flush))
+        from recall_cli.early_exit.encode import add_feature_tap
+
+        add_feature_tap(self.features.record)  # the sample's encode states, for the healer
+        return SampleFirst(first + rest, len(first), self._sample_applied(flush))
 
     def _sample_applied(self, flush):
         def at_boundary():
@@ -185,15 +184,20 @@ class Calibrator:
             if path not in self.sample_paths:
                 continue
             self.sample_written.add(path)
-            kept = self.by_modality.setdefault(unit.modality, _Collected())
+            kept = self.by_modality.setdefault(unit.modality, Collected())
             if result.vector is not None and result.refined and len(kept.data) < MAX_UNITS:
                 kept.data.append(unit.data)
                 kept.teacher.append(result.vector)
                 kept.files.append(path)
+                kept.features.append(self.features.take(unit.data))
         full = any(len(kept.data) >= MAX_UNITS for kept in self.by_modality.values())
         if not (self.sample_complete or full or len(self.sample_written) == len(self.sample_paths)):
             return False
         self.collecting = False
+        from recall_cli.early_exit.encode import remove_feature_tap
+
+        remove_feature_tap(self.features.record)
+        self.features.clear()
         return self._calibrate(model)
 
     # -------------------------------------------------------------------------- healing
@@ -250,36 +254,39 @@ class Calibrator:
         projected = elapsed * self.files_total / max(1, self.files_done)
         return min(MAX_SECONDS, max(MIN_SECONDS, self.options.budget_share * projected))
 
-    def _heal(self, model, usable: dict[str, _Collected], budget: float) -> dict:
+    def _heal(self, model, usable: dict[str, Collected], budget: float) -> dict:
         """Heal every usable modality and train its predictor on the exits that pass the gate."""
+        from recall_cli.early_exit.calibrate_gate import Gate, heldout_retrieval
         from recall_cli.early_exit.heal import Healer, HealOptions
 
-        healed_pass_seconds = sum(len(kept.data) for kept in usable.values()) * self.encode_seconds / self.units_done
+        # the passes over the sample are in the budget: one (healed exits) when the encode's states were kept, else two
+        passes = sum(len(kept.data) * (1 if all(kept.features) else 2) for kept in usable.values())
+        healed_pass_seconds = passes * self.encode_seconds / self.units_done
         deadline = time.time() + budget * (1 - PREDICTOR_SHARE) - healed_pass_seconds  # that pass is in the budget
         heal_options = HealOptions(
             budget_minutes=budget / 60, steps=self.options.steps, target_compute=TARGET_COMPUTE, seed=self.options.seed
         )
         healed, predictors, plans, report, reasons = {}, {}, {}, {"modalities": {}}, []
+        gate = Gate()  # thresholds: calibrate_gate.py, or the environment
         blocks = depth_sum = 0.0
         modalities = sorted(usable)
         for position, modality in enumerate(modalities):
             share_end = time.time() + (deadline - time.time()) / (len(modalities) - position)
-            sample = _sample(usable[modality], self.options.seed)
+            sample = heal_sample(usable[modality], self.options.seed)
             healer = Healer(model, modality, heal_options)
             healed_exits, heal_report = healer.heal(sample, share_end, version=0)
             cosine = {e: heal_report["cosine"][str(e)].get("heldout_mean", 0.0) for e in healer.exits}
-            enabled = [e for e in healer.exits if cosine[e] >= self.options.gate_cosine]
+            retrieval = {e: heldout_retrieval(healer.healed_outputs[e], sample.teacher, sample.held) for e in cosine}
+            enabled = [e for e in healer.exits if gate.passes(retrieval[e], cosine[e])]
             report["modalities"][modality] = {
                 "heldout_cosine": {str(e): round(c, 4) for e, c in cosine.items()},
+                "heldout_retrieval": {str(e): _rounded(r) for e, r in retrieval.items()},
                 "enabled_exits": enabled,
                 "steps": sum(stage["steps"] for stage in heal_report["stages"]),
+                "reused_encode_states": heal_report["reused_encode_states"],
             }
             if not enabled:
-                best = max(cosine, key=cosine.get)
-                reasons.append(
-                    f"{modality}: no exit reached held-out cosine {self.options.gate_cosine:.2f} "
-                    f"(best: block {best} at {cosine[best]:.3f})"
-                )
+                reasons.append(gate.reason(modality, retrieval, cosine))
                 continue
             predictor, plan, mean_blocks = _predictor(healer, sample, enabled, heal_report)
             report["modalities"][modality]["label_mean_blocks"] = round(mean_blocks, 3)
@@ -333,52 +340,8 @@ class Calibrator:
         return status == "done"
 
 
-class _SampleFirst(list):
-    """The run's work list, sample files first; iterating past the last of them calls
-    `at_boundary` (a flush), so calibration heals on the sample and not on up to a flush's worth
-    more files encoded at full depth."""
-
-    def __init__(self, items: list, boundary: int, at_boundary):
-        super().__init__(items)
-        self.boundary, self.at_boundary = boundary, at_boundary
-
-    def __iter__(self):
-        for position, item in enumerate(list.__iter__(self)):
-            if position == self.boundary:
-                self.at_boundary()
-            yield item
-
-
-def _stratified_pick(paths: list[str], count: int, seed: int) -> list[str]:
-    """`count` paths drawn at random, each file type (suffix) in proportion to its share."""
-    rng = random.Random(seed)
-    groups: dict[str, list[str]] = {}
-    for path in paths:
-        groups.setdefault(os.path.splitext(path)[1].lower(), []).append(path)
-    chosen: list[str] = []
-    for suffix in sorted(groups):
-        members = groups[suffix]
-        rng.shuffle(members)
-        chosen.extend(members[: max(1, round(count * len(members) / len(paths)))])
-    rng.shuffle(chosen)
-    return chosen[:count]
-
-
-def _sample(kept: _Collected, seed: int):
-    """heal.Sample of the collected units, with HELDOUT_FILES of the files held out of training."""
-    import numpy as np
-    import torch
-
-    from recall_cli.early_exit.heal import Sample
-
-    teacher = torch.nn.functional.normalize(torch.from_numpy(np.stack(kept.teacher)).float(), dim=-1)
-    sample = Sample(list(kept.data), teacher, list(kept.files))
-    unique = sorted(set(kept.files))
-    random.Random(seed).shuffle(unique)
-    held = set(unique[: max(1, int(len(unique) * HELDOUT_FILES))])
-    sample.train = [i for i, owner in enumerate(kept.files) if owner not in held]
-    sample.held = [i for i, owner in enumerate(kept.files) if owner in held]
-    return sample
+def _rounded(figures: dict) -> dict:
+    return {name: round(value, 4) if isinstance(value, float) else value for name, value in figures.items()}
 
 
 def _predictor(healer, sample, enabled: list[int], heal_report: dict):

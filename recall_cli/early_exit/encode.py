@@ -12,6 +12,7 @@ early items run the healed exit path (adapters.py) and the full-depth ones the b
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,7 +126,11 @@ def encode_with_exits(
         with stage("tokenising"):
             batch = model.tokenize(modality, data)
         if policy.is_full(modality):
-            batch = base.run(batch, 0, plan.depth, "blocks (full depth)")
+            taps = _live_taps()
+            if taps:
+                batch = _full_depth_tapped(base, batch, plan, data, taps)
+            else:
+                batch = base.run(batch, 0, plan.depth, "blocks (full depth)")
             out.vectors = base.embed(batch, plan.depth).float().cpu()
             return out
         batch = base.run(batch, 0, plan.k0, "first k0 blocks")
@@ -139,6 +144,54 @@ def encode_with_exits(
             return out
         _advance_healed(base, _HealedPath(healed, modality, out), batch, plan, keep_states)
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# feature taps: the states a full-depth encode passes through, for calibration (calibrate.py)
+# ------------------------------------------------------------------------------------------------
+
+_TAPS: list = []  # weak references to bound `record(modality, data, superficial, per_exit)` methods
+
+
+def add_feature_tap(record) -> None:
+    """While `record`'s object lives (and until remove_feature_tap), every full-depth encode also
+    hands it, per batch, what healing starts from: the superficial embedding at k0 and the mean head
+    output at each exit point (item_mean_head), computed on the way to full depth at the cost of
+    the heads only.  Calibration uses it so its healer does not run the sample's blocks again."""
+    _TAPS.append(weakref.WeakMethod(record))
+
+
+def remove_feature_tap(record) -> None:
+    _TAPS[:] = [ref for ref in _TAPS if ref() is not None and ref() != record]
+
+
+def _live_taps() -> list:
+    _TAPS[:] = [ref for ref in _TAPS if ref() is not None]
+    return [ref() for ref in _TAPS]
+
+
+def _full_depth_tapped(base: _BasePath, batch, plan: ExitPlan, data: list, taps: list):
+    """Full depth, stopping at k0 and at each exit point to take the features the taps want."""
+    model, modality = base.model, base.modality
+    batch = base.run(batch, 0, plan.k0, "blocks (full depth)")
+    superficial = model.embed(batch, plan.k0).cpu()
+    per_exit, position = {}, plan.k0
+    for point in [p for p in plan.points if plan.k0 <= p < plan.depth]:
+        batch = base.run(batch, position, point, "blocks (full depth)")
+        position = point
+        per_exit[point] = item_mean_head(model, batch, point).cpu()
+    batch = base.run(batch, position, plan.depth, "blocks (full depth)")
+    for record in taps:
+        record(modality, data, superficial, per_exit)
+    return batch
+
+
+def item_mean_head(model, batch, exit_block: int):
+    """Per item: the mean raw head output of its sequences (what a ridge head is fitted on)."""
+    per_sequence = model.head(batch.modality, batch.hidden, batch.mask, exit_block).float()
+    per_item = torch.zeros(batch.n_items, per_sequence.shape[1], device=per_sequence.device)
+    per_item.index_add_(0, batch.owner, per_sequence)
+    return per_item / torch.bincount(batch.owner, minlength=batch.n_items).clamp(min=1)[:, None]
 
 
 def _advance_healed(base: _BasePath, healed_path: _HealedPath, batch, plan: ExitPlan, keep_states: bool) -> None:

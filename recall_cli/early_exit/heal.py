@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recall_cli.early_exit.adapters import ExitHeads, HealedExits, fresh_model, inject_lora, lora_parameters
+from recall_cli.early_exit.encode import item_mean_head
 from recall_cli.early_exit.plan import exit_plan
 from recall_cli.early_exit.predictor import exit_labels
 from recall_cli.errors import RecallError
@@ -53,6 +54,7 @@ class HealOptions:
     seed: int = 0
     device: str | None = None
     steps: int | None = None  # training steps in all (split like the time): reproducible, load-independent quality
+    warm_from: str | None = None  # a version folder whose adapters and heads training starts from
 
 
 @dataclass
@@ -64,6 +66,10 @@ class Sample:
     files: list[str]
     train: list[int] = field(default_factory=list)  # indices used to train the adapters
     held: list[int] = field(default_factory=list)  # files held out from adapter training
+    # what the base model gives at k0 and at each exit, when the encode that made the teachers
+    # already computed it (calibrate_sample.py); else the healer runs the blocks itself
+    superficial: torch.Tensor | None = None
+    base_outputs: dict[int, torch.Tensor] | None = None
 
 
 def batches(indices: list[int], size: int):
@@ -91,16 +97,8 @@ def collect_head_outputs(
                 if healed is not None:
                     per_exit[e].append(healed.embed(b, e).cpu())
                 else:
-                    per_exit[e].append(_item_mean(model, b, e).cpu())
+                    per_exit[e].append(item_mean_head(model, b, e).cpu())
     return {e: torch.cat(v) for e, v in per_exit.items()}, torch.cat(superficial)
-
-
-def _item_mean(model, batch, exit_block: int):
-    """Per item: the mean raw head output of its sequences (what a ridge head is fitted on)."""
-    per_sequence = model.head(batch.modality, batch.hidden, batch.mask, exit_block).float()
-    per_item = torch.zeros(batch.n_items, per_sequence.shape[1], device=per_sequence.device)
-    per_item.index_add_(0, batch.owner, per_sequence)
-    return per_item / torch.bincount(batch.owner, minlength=batch.n_items).clamp(min=1)[:, None]
 
 
 def ridge_fit(
@@ -112,7 +110,7 @@ def ridge_fit(
     y = targets.double()
     scale = float((x[train] ** 2).sum() / x.shape[1])
     best = None
-    for alpha in (1e-3, 1e-2, 1e-1):
+    for alpha in (1e-3, 1e-2, 1e-1, 1.0, 10.0):  # the larger ones: a small sample (calibration) overfits
         xt = x[train]
         w = torch.linalg.solve(xt.T @ xt + alpha * scale * torch.eye(x.shape[1], dtype=x.dtype), xt.T @ y[train])
         check = held or train
@@ -170,14 +168,19 @@ class Healer:
         opts, k0 = self.options, self.plan.k0
         torch.manual_seed(opts.seed)  # reproducible: the heads' and adapters' initial weights come from it
         started = time.perf_counter()
-        base_outputs, superficial = collect_head_outputs(
-            self.base, self.modality, sample.data, self.exits, k0, opts.batch
-        )
+        reused = sample.base_outputs is not None and set(self.exits) <= set(sample.base_outputs)
+        if reused:
+            base_outputs, superficial = sample.base_outputs, sample.superficial
+        else:
+            base_outputs, superficial = collect_head_outputs(
+                self.base, self.modality, sample.data, self.exits, k0, opts.batch
+            )
         healed, ridge = self._ridge_healed(base_outputs, sample, version)
         shares = self._expected_exit_shares(healed, base_outputs, sample)
-        stages = []
+        stages, warm = [], None
         if opts.mode == "lora":
             root = inject_lora(healed.model, self.modality, range(k0, max(self.exits)), opts.rank)
+            warm = warm_start(healed, root, self.options.warm_from)
             stages = self._train_progressive(healed, root, sample, shares, deadline)
         healed.heads.eval().requires_grad_(False)
         healed_outputs, _ = collect_head_outputs(
@@ -191,6 +194,8 @@ class Healer:
             "exits": self.exits,
             "rank": opts.rank,
             "units": len(sample.data),
+            "reused_encode_states": reused,
+            "warm_start": warm,
             "train_units": len(sample.train),
             "heldout_units": len(sample.held),
             "ridge": {str(e): ridge[e] for e in self.exits},
@@ -308,6 +313,36 @@ class Healer:
         logits = student @ teacher.T / self.options.temperature
         contrast = F.cross_entropy(logits, torch.arange(len(data), device=logits.device))
         return distill + self.options.contrastive * contrast
+
+
+def warm_start(healed: HealedExits, root, folder) -> str | None:
+    """Start from an earlier version's adapters and heads (calibration's, or the last heal's) where
+    they fit this run (same mode, k0 and rank; every exit head present): training continues from
+    them instead of from zero adapters and ridge heads.  The folder it started from, or None."""
+    import json
+    from pathlib import Path
+
+    from recall_cli.early_exit.adapters import modality_tensors
+    from recall_cli.storage.layout import HEADS_FILE, HEAL_REPORT, LORA_FILE
+
+    if not folder or root is None or not (Path(folder) / HEAL_REPORT).exists():
+        return None
+    folder = Path(folder)
+    info = json.loads((folder / HEAL_REPORT).read_text()).get("modalities", {}).get(healed.modality) or {}
+    fits = info.get("mode") == "lora" and info.get("k0") == healed.k0 and set(healed.exits) <= set(info["exits"])
+    if not fits:
+        return None
+    own = root.state_dict()
+    lora = {name: value for name, value in modality_tensors(folder / LORA_FILE, healed.modality).items() if name in own}
+    if not lora or any(own[name].shape != value.shape for name, value in lora.items()):
+        return None
+    heads = modality_tensors(folder / HEADS_FILE, healed.modality)
+    with torch.no_grad():
+        root.load_state_dict(lora, strict=False)
+        for e in healed.exits:
+            healed.heads.head(e).weight.copy_(heads[f"maps.{e}.weight"])
+            healed.heads.head(e).bias.copy_(heads[f"maps.{e}.bias"])
+    return str(folder)
 
 
 def _stage_goes_on(steps: int, stage_end: float, step_quota: int | None) -> bool:

@@ -163,6 +163,8 @@ def run_heal(
         for modality, sample in samples.items():  # two passes over the sample must fit 25% of the budget
             fit_sample_to_budget(model, modality, sample, budget_s * PASSES_SHARE)
         version = next_version(db_dir)
+        if options.warm_from is None and current_version(db_dir):  # improve on calibration's (or the last) version
+            options.warm_from = str(version_dir(db_dir, current_version(db_dir)))
         healed, reports, predictors, plans = _heal_modalities(
             model, samples, options, version, progress, started + budget_s * TRAIN_SHARE
         )
