@@ -132,7 +132,7 @@ def test_a_failed_quality_gate_leaves_the_index_at_full_depth_and_a_rebuild_cali
     assert layout.current_version(db) == 0
     assert all(row["exit_block"] == row["depth"] for row in rows(db))
     shown = cli("stats").stdout
-    assert "calibration  not used, full depth: text: no exit reached held-out cosine 0.80 with top-" in shown
+    assert "calibration  not used, full depth: text: no exit reached held-out cosine 0.83 with top-" in shown
     assert ">= 1.01" in shown
     assert "0.0% of encoder blocks skipped" in shown
     write_files(root, notes(8, offset=56))  # rejected once: later runs stay at full depth, untried
