@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -191,8 +192,8 @@ class _IndexRun:
                 self._apply(entry, record)
                 self.progress(done, len(todo))
             self._flush()
-        finally:
-            self.encoder.close()
+        finally:  # an interrupt leaves at once; an error waits for the batch in flight
+            self.encoder.close(wait=not isinstance(sys.exc_info()[1], KeyboardInterrupt | SystemExit))
         if not stopped:
             self._prune(gone, known)
         if self.wrote or self.options.cache_budget:

@@ -84,7 +84,13 @@ class EncoderThread:
             raise error
         return done
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """Stop the thread.  `wait`: first let the batch in flight finish (its result is dropped:
+        it was never committed), so that a long-lived caller (`recall watch`) never has two
+        encodes at once; an interrupt does not wait."""
+        if self.in_flight and wait:
+            self._results.get()
+        self.in_flight = False
         if self._thread is not None:
             self._jobs.put(None)
             self._thread = None
