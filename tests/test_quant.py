@@ -82,9 +82,11 @@ def test_real_hidden_state_round_trip_error_and_resumed_embedding(minilm):
     assert float((approx * exact).sum(-1).min()) > 0.99  # measured >= 0.997
 
 
-def test_blobs_packed_for_a_whole_batch_decode_to_each_items_own_state():
+@pytest.mark.parametrize("part_tokens", [4096, 2])  # in one thread, and split across threads
+def test_blobs_packed_for_a_whole_batch_decode_to_each_items_own_state(monkeypatch, part_tokens):
     # one quantisation over every item's tokens must still give each item its own tokens, lengths,
     # dtype and block: a wrong offset would hand one item another item's hidden state
+    monkeypatch.setattr(quant, "PART_TOKENS", part_tokens)
     torch.manual_seed(2)
     items = [
         ([torch.randn(5, 40) * 3], 2),
