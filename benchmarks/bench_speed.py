@@ -8,16 +8,19 @@ MiniLM, docstring corpus (one doc per file), the real indexer in this process (m
   * bare encoder: the same units through the same model and batch size, nothing else;
   * `recall index --full` at the default precision and in fp32; fixed:3; a fixed mix; the
     predictor policy (trained on other docstrings), each next to its ideal (full / blocks run);
+  * full and fixed:3 again with encoding in series (RECALL_OVERLAP=0): what the overlap queue
+    (index/overlap.py) gains;
   * a stage profile of the predictor policy and of full depth (shares of wall time).
 ImageBind-Huge (random weights, vision), generated photos, the real indexer: fp32 and bf16 at full
 depth, bf16 `fixed:16`, and the bare bf16 encoder.  Not in --quick.
 
-Expected run time on 2 quiet cores: --quick ~2 minutes; default ~9 minutes (MiniLM ~3, Huge ~6).
+Expected run time on 2 quiet cores: --quick ~3 minutes; default ~11 minutes (MiniLM ~4, Huge ~7).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -34,11 +37,14 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _index_arm(files: Path, db: Path, model: str, dtype: str, policy: str):
-    """One run of the real indexer into a fresh index: the units and blocks it did."""
+def _index_arm(files: Path, db: Path, model: str, dtype: str, policy: str, overlap: bool = True):
+    """One run of the real indexer into a fresh index: the units and blocks it did.  `overlap`
+    False: encoding in series with decoding and writes (RECALL_OVERLAP=0), to measure the queue."""
     from recall_cli.index.indexer import IndexOptions, index_roots
+    from recall_cli.index.overlap import OVERLAP_ENV
 
     def run() -> dict:
+        os.environ[OVERLAP_ENV] = "1" if overlap else "0"
         shutil.rmtree(db, ignore_errors=True)
         if policy == "predictor":
             db.mkdir(parents=True)
@@ -46,7 +52,10 @@ def _index_arm(files: Path, db: Path, model: str, dtype: str, policy: str):
         options = IndexOptions(
             model=model, dtype=dtype, full=policy == "full", exit_policy=None if policy == "full" else policy
         )
-        summary = index_roots([str(files)], db, options)
+        try:
+            summary = index_roots([str(files)], db, options)
+        finally:
+            os.environ.pop(OVERLAP_ENV, None)
         return {
             "files": summary.added,
             "units": summary.units_encoded,
@@ -180,6 +189,8 @@ def minilm_section(work: Path, quick: bool, rounds: int) -> dict:
     arms = {"bare encoder": _bare_arm(model, "text", units)}
     for policy in ("full", "fixed:3", MIX, "predictor"):
         arms[policy] = _index_arm(files, work / "db", "minilm", default, policy)
+    arms["full (in series)"] = _index_arm(files, work / "db", "minilm", default, "full", overlap=False)
+    arms["fixed:3 (in series)"] = _index_arm(files, work / "db", "minilm", default, "fixed:3", overlap=False)
     if default != "fp32":
         arms["full (fp32)"] = _index_arm(files, work / "db", "minilm", "fp32", "full")
     log(f"minilm ({default} by default): {n_files} files, {len(units)} units, {rounds} rounds")
@@ -244,6 +255,7 @@ def huge_section(work: Path, quick: bool, rounds: int) -> dict:
         "full (fp32)": _index_arm(files, work / "db-huge", "imagebind-huge", "fp32", "full"),
         "full (bf16)": _index_arm(files, work / "db-huge", "imagebind-huge", "bf16", "full"),
         f"{HUGE_POLICY} (bf16)": _index_arm(files, work / "db-huge", "imagebind-huge", "bf16", HUGE_POLICY),
+        "full (bf16, in series)": _index_arm(files, work / "db-huge", "imagebind-huge", "bf16", "full", overlap=False),
     }
     _bare_arm(bf16, "image", units[:1])()  # first-call warm-up of the kernels
     log(f"imagebind-huge: {n_images} photos, {rounds} rounds")

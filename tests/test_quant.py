@@ -80,3 +80,27 @@ def test_real_hidden_state_round_trip_error_and_resumed_embedding(minilm):
     full = minilm.encode("text", texts)
     assert torch.allclose(exact, full, atol=1e-5)  # resuming the exact state is full depth
     assert float((approx * exact).sum(-1).min()) > 0.99  # measured >= 0.997
+
+
+@pytest.mark.parametrize("part_tokens", [4096, 2])  # in one thread, and split across threads
+def test_blobs_packed_for_a_whole_batch_decode_to_each_items_own_state(monkeypatch, part_tokens):
+    # one quantisation over every item's tokens must still give each item its own tokens, lengths,
+    # dtype and block: a wrong offset would hand one item another item's hidden state
+    monkeypatch.setattr(quant, "PART_TOKENS", part_tokens)
+    torch.manual_seed(2)
+    items = [
+        ([torch.randn(5, 40) * 3], 2),
+        ([torch.randn(3, 40) + 10, torch.randn(8, 40) - 10], 3),
+        ([torch.randn(1, 40).to(torch.bfloat16)], 4),
+    ]
+    blobs = quant.encode_blobs(items)
+    assert blobs == [quant.encode_blob(sequences, block) for sequences, block in items]
+    for (sequences, block), blob in zip(items, blobs, strict=True):
+        info = quant.blob_info(blob)
+        assert info["block"] == block and info["lengths"] == [len(seq) for seq in sequences]
+        assert info["dtype"] == str(sequences[0].dtype).replace("torch.", "")
+        for exact, approx in zip(sequences, quant.decode_blob(blob, dtype=torch.float32), strict=True):
+            assert quant.relative_error(exact.float(), approx) < 0.12
+    assert quant.encode_blobs([]) == []
+    with pytest.raises(ValueError):
+        quant.encode_blobs([([], 1)])

@@ -48,23 +48,23 @@ def drop_padding_columns(batch):
 
 
 def item_states(batch, local_items: list[int]) -> list[list[Any]]:
-    """Per item of the batch: the hidden state of each of its sequences, real tokens only, on CPU."""
+    """Per item of the batch: the hidden state of each of its sequences, real tokens only, on CPU.
+    One gather for the whole batch (every wanted sequence's real tokens, in order), then views
+    into it: a copy per sequence cost ~0.5 ms each, a quarter of a MiniLM block at batch 32."""
     rows_of: dict[int, list[int]] = {}  # one pass over the owners, not one tensor search per item
     for row, item in enumerate(batch.owner.tolist()):
         rows_of.setdefault(item, []).append(row)
-    real = _real_tokens(batch)
-    return [[real(row) for row in rows_of.get(item, [])] for item in local_items]
-
-
-def _real_tokens(batch):
-    """row -> a CPU copy of that sequence's real tokens.  Where every mask row is real tokens then
-    padding (text), a slice copy: about 5x cheaper than boolean indexing row by row."""
-    lengths = batch.mask.sum(dim=1)
-    columns = torch.arange(batch.mask.shape[1], device=batch.mask.device)
-    if bool((batch.mask == (columns[None, :] < lengths[:, None])).all()):
-        counts = lengths.tolist()
-        return lambda row: batch.hidden[row, : counts[row]].detach().to("cpu", copy=True)
-    return lambda row: batch.hidden[row][batch.mask[row]].detach().cpu()
+    rows = [row for item in local_items for row in rows_of.get(item, [])]
+    if not rows:
+        return [[] for _ in local_items]
+    if rows == list(range(batch.mask.shape[0])):
+        hidden, mask = batch.hidden, batch.mask
+    else:
+        index = torch.tensor(rows, dtype=torch.long, device=batch.mask.device)
+        hidden, mask = batch.hidden[index], batch.mask[index]
+    real_tokens = hidden[mask].detach().to("cpu")  # [sum of lengths, D], a fresh tensor
+    pieces = iter(torch.split(real_tokens, mask.sum(dim=1).tolist()))
+    return [[next(pieces) for _ in rows_of.get(item, [])] for item in local_items]
 
 
 class _BasePath:
@@ -135,7 +135,8 @@ def encode_with_exits(
             return out
         batch = base.run(batch, 0, plan.k0, "first k0 blocks")
         with stage("predictor (k0 head + policy)"):
-            superficial = model.embed(batch, plan.k0)
+            # a fixed or mixed policy only counts the items: no head at k0 for it
+            superficial = model.embed(batch, plan.k0) if policy.needs_superficial else torch.empty(n, 0)
             out.exits = [plan.snap(max(int(e), plan.k0)) for e in policy.choose(modality, plan, superficial)]
         with stage("healed exits (load)"):
             healed = policy.healed_for(model, modality)
@@ -224,8 +225,8 @@ def _advance(path, group, alive: list[int], exits: list[int], plan: ExitPlan, ke
             if keep_states:
                 _keep_states_at(path, group, alive, exits, plan, position)
         stopping = [local for local, item in enumerate(alive) if exits[item] == point]
-        with stage("regrouping"):
-            leaving = group.select_items(stopping)
+        with stage("regrouping"):  # every item stopping here (a fixed exit): no copy of the batch
+            leaving = group if len(stopping) == len(alive) else group.select_items(stopping)
         for local, vector in zip(stopping, path.embed(leaving, point).float().cpu(), strict=True):
             out.vectors[alive[local]] = vector
         keep = [local for local, item in enumerate(alive) if exits[item] != point]

@@ -35,7 +35,8 @@ GOLDEN_RATIO_FRACTION = 0.6180339887498949  # step of the low-discrepancy sequen
 
 class ExitPolicy:
     """Chooses an exit block per item.  `needs_superficial` False means the policy never looks at
-    the superficial embedding (full depth: no reason to stop at k0 first)."""
+    the superficial embedding (full depth: no reason to stop at k0 first; fixed and mixed exits:
+    only the number of items counts)."""
 
     name = "policy"
     needs_superficial = True
@@ -63,6 +64,8 @@ class FullDepthPolicy(ExitPolicy):
 
 
 class FixedPolicy(ExitPolicy):
+    needs_superficial = False
+
     def __init__(self, exit_block: int):
         self.exit_block = exit_block
         self.name = f"fixed:{exit_block}"
@@ -74,6 +77,8 @@ class FixedPolicy(ExitPolicy):
 class MixPolicy(ExitPolicy):
     """A fixed exit distribution {exit: fraction}, assigned deterministically with a low-discrepancy
     sequence over the items seen (so any prefix of the items follows the distribution closely)."""
+
+    needs_superficial = False
 
     def __init__(self, fractions: dict[int, float]):
         total = sum(fractions.values())

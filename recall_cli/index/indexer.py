@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,12 +23,13 @@ from recall_cli.errors import first_line, storage_error
 from recall_cli.index.hashing import file_hash
 from recall_cli.index.media import attach_text_side, media_facts, refresh_text_side
 from recall_cli.index.options import IndexOptions, IndexSummary, bind_model, check_model_version, check_roots
+from recall_cli.index.overlap import EncodedBatch, EncoderThread, PendingBatch, encode_now, overlap_enabled
+from recall_cli.index.pipeline import unit_row
 from recall_cli.index.plan import changes_at_paths, files_to_apply, gone_paths
 from recall_cli.index.reuse import copy_rows
 from recall_cli.index.scan import FileEntry, scan_roots
 from recall_cli.index.sniff import sniff_path
 from recall_cli.models import MODEL_MODALITIES
-from recall_cli.models.mediatext import meta_columns
 from recall_cli.paths import display_path
 from recall_cli.profiling import stage, timed
 from recall_cli.storage.layout import TABLE_DIR, prepare_index_dir
@@ -40,7 +42,6 @@ FLUSH_UNITS = 256  # units encoded and written per batch: bounds memory and lost
 FLUSH_FILES = 64
 if os.environ.get("RECALL_FLUSH_UNITS"):  # smaller batches: tests make kill -9 land during writes
     FLUSH_UNITS = FLUSH_FILES = max(1, int(os.environ["RECALL_FLUSH_UNITS"]))
-SNIPPET_CHARS = 2000  # a whole chunk of text fits: results can show the part that matched
 
 
 def index_roots(
@@ -122,8 +123,8 @@ class _IndexRun:
         self.summary = IndexSummary()
         self._store = None
         self._model = None
-        self.pending_units: list[tuple[str, object]] = []  # (path, Unit)
-        self.pending_files: dict[str, tuple[FileEntry, str, str, bool]] = {}  # path -> entry, hash, modality, is_new
+        self.pending = PendingBatch()  # decoded, not yet encoded
+        self.encoder = EncoderThread()  # the batch before it, encoding while this one is gathered
         self.wrote = False
         self.should_stop: Callable[[], bool] = lambda: False
         self.maintain = True  # compact after writing (`recall watch` does it when idle instead)
@@ -183,13 +184,16 @@ class _IndexRun:
     def _apply_all(self, todo, gone: list[str], known: dict[str, FileRecord]) -> IndexSummary:
         stopped = False
         self.calibration, todo = start_calibration(self, todo)  # a new index heals its exits on its first files
-        for done, (entry, record) in enumerate(todo, 1):
-            if self.should_stop():
-                stopped = True
-                break
-            self._apply(entry, record)
-            self.progress(done, len(todo))
-        self._flush()
+        try:
+            for done, (entry, record) in enumerate(todo, 1):
+                if self.should_stop():
+                    stopped = True
+                    break
+                self._apply(entry, record)
+                self.progress(done, len(todo))
+            self._flush()
+        finally:  # an interrupt leaves at once; an error waits for the batch in flight
+            self.encoder.close(wait=not isinstance(sys.exc_info()[1], KeyboardInterrupt | SystemExit))
         if not stopped:
             self._prune(gone, known)
         if self.wrote or self.options.cache_budget:
@@ -277,38 +281,57 @@ class _IndexRun:
         if not units:
             self._finish_failed(entry, content_hash, modality, "nothing to embed in file")
             return
-        self.pending_files[entry.path] = (entry, content_hash, modality, record is None)
-        self.pending_units.extend((entry.path, unit) for unit in units)
-        if len(self.pending_units) >= FLUSH_UNITS or len(self.pending_files) >= FLUSH_FILES:
-            self._flush()
+        self.pending.files[entry.path] = (entry, content_hash, modality, record is None)
+        self.pending.units.extend((entry.path, unit) for unit in units)
+        if len(self.pending.units) >= FLUSH_UNITS or len(self.pending.files) >= FLUSH_FILES:
+            self._flush(drain=False)
 
-    def _flush(self) -> None:
-        if not self.pending_units:
-            return
+    def _flush(self, drain: bool = True) -> None:
+        """Encode the pending units and commit them, after the batch encoded before them.  Not
+        `drain`: the batch encodes in the encoder thread (overlap.py) and is committed by the next
+        flush, so the next files are decoded, and this batch's predecessor written, meanwhile."""
+        from functools import partial
+
         from recall_cli.index.pipeline import encode_units
         from recall_cli.index.precision import check_precision
 
-        units, model = [unit for _, unit in self.pending_units], self.model
-        if self._precision_unchecked:  # checked on the first units this index encodes
-            self._model, self._precision_unchecked = check_precision(self.manifest, self.options, model, units), False
-        encode_started = time.perf_counter()
-        encoded = encode_units(self._model, units, policy=self.policy)
-        encode_seconds = time.perf_counter() - encode_started
+        batch, self.pending = self.pending, PendingBatch()
+        ready = [self.encoder.result()]  # in batch order: the one encoded before this one first
+        if batch.units:
+            units, model = [unit for _, unit in batch.units], self.model
+            if self._precision_unchecked:  # checked on the first units this index encodes
+                self._model, self._precision_unchecked = (
+                    check_precision(self.manifest, self.options, model, units),
+                    False,
+                )
+            encode = partial(encode_units, self._model, policy=self.policy)
+            # a calibration still gathering its sample decides the next batch's policy: in series
+            if not drain and overlap_enabled() and not getattr(self.calibration, "collecting", False):
+                self.encoder.start(batch, encode)
+            else:
+                ready.append(encode_now(batch, encode))
+        for encoded in ready:
+            if encoded is not None:
+                self._commit(encoded)
+
+    def _commit(self, batch: EncodedBatch) -> None:
+        """One encoded batch into the table, then the manifest."""
+        pending_units, pending_files, encoded = batch.batch.units, batch.batch.files, batch.encoded
         rows, errors, counts = [], {}, {}
-        for (path, unit), result in zip(self.pending_units, encoded, strict=True):
+        for (path, unit), result in zip(pending_units, encoded, strict=True):
             if result.vector is None:
                 errors.setdefault(path, result.error)
                 continue
-            entry, content_hash, modality, _ = self.pending_files[path]
+            entry, content_hash, modality, _ = pending_files[path]
             counts[path] = counts.get(path, 0) + 1
-            rows.append(self._row(entry, content_hash, unit, result))
+            rows.append(unit_row(entry, content_hash, unit, result, self.model_name))
         rows = [row for row in rows if row["path"] not in errors]
-        done = {path: (self.pending_files[path][1], count) for path, count in counts.items() if path not in errors}
+        done = {path: (pending_files[path][1], count) for path, count in counts.items() if path not in errors}
         # one commit: the new rows, and the older rows of those files (another hash, chunks past
         # the new count) gone, so a kill never leaves a file half old and half new
         timed("LanceDB write", self.store.upsert, rows, whole_files=done)
         records = []
-        for path, (entry, content_hash, modality, is_new) in self.pending_files.items():
+        for path, (entry, content_hash, modality, is_new) in pending_files.items():
             if path in errors:
                 self._drop_rows(path)
                 records.append(_record(entry, content_hash, modality, "error", errors[path]))
@@ -331,31 +354,8 @@ class _IndexRun:
         self.summary.blocks_full += sum(row["depth"] for row in rows)
         self.summary.cache_bytes += sum(len(row["cache"]) for row in rows if row["cache"])
         self.wrote = True
-        if self.calibration and self.calibration.observe(self.pending_units, encoded, encode_seconds, self.model):
+        if self.calibration and self.calibration.observe(pending_units, encoded, batch.seconds, self.model):
             self._policy = None  # calibration healed the exits: parse_policy finds them from the next flush
-        self.pending_units, self.pending_files = [], {}
-
-    def _row(self, entry: FileEntry, content_hash: str, unit, result) -> dict:
-        return {
-            "id": _unit_id(entry.path, unit.chunk),
-            "path": entry.path,
-            "root": entry.root,
-            "hash": content_hash,
-            "chunk": unit.chunk,
-            "modality": unit.modality,
-            "snippet": unit.snippet[:SNIPPET_CHARS],
-            "size": entry.size,
-            "mtime_ns": entry.mtime_ns,
-            "model": self.model_name,
-            "vector": result.vector.tolist(),
-            "exit_block": result.exit_block,
-            "depth": result.depth,
-            "refined": result.refined,
-            "cache": result.cache,
-            "adapter_version": result.adapter_version,
-            "indexed_at": time.time(),
-            **meta_columns(unit.meta),
-        }
 
     def _finish_failed(self, entry: FileEntry, content_hash, modality, reason: str) -> None:
         self._drop_rows(entry.path)
@@ -381,12 +381,6 @@ class _IndexRun:
 def _record(entry: FileEntry, content_hash, modality, status: str, error: str | None = None, units: int = 0):
     """The manifest record of a file as scanned now, with what became of it."""
     return FileRecord(entry.path, entry.root, entry.size, entry.mtime_ns, content_hash, modality, status, error, units)
-
-
-def _unit_id(path: str, chunk: int) -> str:
-    from recall_cli.storage.schema import unit_id
-
-    return unit_id(path, chunk)
 
 
 def _one_line(error: Exception) -> str:

@@ -4,6 +4,7 @@ state at its exit block; a full-depth unit gets its fine embedding and no cache.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,6 +12,8 @@ import numpy as np
 from recall_cli.modalities import batch_size
 from recall_cli.models.base import LayeredEncoder, Unit
 from recall_cli.profiling import stage
+
+SNIPPET_CHARS = 2000  # a whole chunk of text fits: results can show the part that matched
 
 
 @dataclass
@@ -51,23 +54,63 @@ def encode_units(model: LayeredEncoder, units: list[Unit], full: bool = False, p
 
 def _encode_batch(model: LayeredEncoder, modality: str, units: list[Unit], policy) -> list[Encoded]:
     from recall_cli.early_exit.encode import encode_with_exits
-    from recall_cli.early_exit.quant import encode_blob
+    from recall_cli.early_exit.quant import encode_blobs
 
     try:
         out = encode_with_exits(model, modality, [unit.data for unit in units], policy)
-        vectors = out.vectors.numpy()
-        results = []
-        for vector, exit_block, states, block in zip(vectors, out.exits, out.states, out.state_blocks, strict=True):
-            refined = exit_block == out.depth
-            with stage("INT4 packing"):
-                cache = (
-                    encode_blob(states, block if block is not None else exit_block) if states and not refined else None
-                )
-            results.append(
-                Encoded(vector, exit_block, out.depth, refined, cache, 0 if refined else out.adapter_version)
+        cached = [
+            i
+            for i, (states, exit_block) in enumerate(zip(out.states, out.exits, strict=True))
+            if states and exit_block < out.depth
+        ]
+        with stage("INT4 packing"):  # one quantisation for the whole batch
+            blobs = encode_blobs([(out.states[i], _resume_block(out, i)) for i in cached])
+        cache_of = dict(zip(cached, blobs, strict=True))
+        return [
+            Encoded(
+                vector,
+                exit_block,
+                out.depth,
+                exit_block == out.depth,
+                cache_of.get(i),
+                0 if exit_block == out.depth else out.adapter_version,
             )
-        return results
+            for i, (vector, exit_block) in enumerate(zip(out.vectors.numpy(), out.exits, strict=True))
+        ]
     except Exception as error:  # isolate the failing unit below
         if len(units) == 1:
             return [Encoded(None, error=f"encoding failed: {type(error).__name__}: {error}".splitlines()[0])]
     return [encoded for unit in units for encoded in _encode_batch(model, modality, [unit], policy)]
+
+
+def _resume_block(out, item: int) -> int:
+    """Where refinement of a cached item resumes: the block its state was taken at."""
+    block = out.state_blocks[item]
+    return block if block is not None else out.exits[item]
+
+
+def unit_row(entry, content_hash: str, unit: Unit, result: Encoded, model_name: str) -> dict:
+    """The table row of one encoded unit of a scanned file (index.scan.FileEntry)."""
+    from recall_cli.models.mediatext import meta_columns
+    from recall_cli.storage.schema import unit_id
+
+    return {
+        "id": unit_id(entry.path, unit.chunk),
+        "path": entry.path,
+        "root": entry.root,
+        "hash": content_hash,
+        "chunk": unit.chunk,
+        "modality": unit.modality,
+        "snippet": unit.snippet[:SNIPPET_CHARS],
+        "size": entry.size,
+        "mtime_ns": entry.mtime_ns,
+        "model": model_name,
+        "vector": result.vector.tolist(),
+        "exit_block": result.exit_block,
+        "depth": result.depth,
+        "refined": result.refined,
+        "cache": result.cache,
+        "adapter_version": result.adapter_version,
+        "indexed_at": time.time(),
+        **meta_columns(unit.meta),
+    }
