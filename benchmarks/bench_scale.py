@@ -335,8 +335,8 @@ def main(
     rows = rows or (10_000 if quick else 100_000)
     queries = queries or (4 if quick else 12)
     writebacks = writebacks if writebacks is not None else (60 if quick else 1000)
-    texts = ["kayak on the lake", "apple pie recipe", "tax invoice", "python server config", "guitar concert"]
-    texts = (texts * ((queries // len(texts)) + 1))[:queries]
+    topics = ["kayak on the lake", "apple pie recipe", "tax invoice", "python server config", "guitar concert"]
+    texts = (topics * ((queries // len(topics)) + 1))[:queries]
     report: dict = {"machine": machine_info(), "rows": rows, "queries": queries, "load_before": load}
     phases: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="recall-scale-") as folder:
@@ -377,7 +377,7 @@ def main(
         phases["latency"] = time.perf_counter() - started
         log(f"latency done in {phases['latency']:.0f} s")
         started = time.perf_counter()
-        report["disk"] = disk_growth(db, texts, writebacks)
+        report["disk"] = disk_growth(db, topics, writebacks)
         phases["disk growth"] = time.perf_counter() - started
     report["phases_s"] = phases
     report["load_after"] = load_check(log)

@@ -12,6 +12,12 @@ compacting after every other query would cost more than the bytes are worth).  T
 therefore never exceeds the bound by more than one write's worth, as long as the writer can take
 the writer lock (`recall index` holding it compacts when it ends).
 
+What a compaction cannot give back at once: a write-back replaces whole rows, and the old copies
+(with their INT4 cache) stay inside their data file until LanceDB rewrites it, which its optimize
+does once a tenth of the file's rows are deleted (lancedb's optimize takes no threshold).  Until
+then each compaction records a base that includes the refined copies (about 2.4 KB a row); the
+rewrite then gives back the cache of every refined row, and the table ends smaller than it began.
+
 A check is one walk of the table directory: its file count is bounded by the same compactions
 (about four files per write-back), a millisecond or two at 100,000 rows, done after the answer,
 never on a query's path.  An index run's own growth is new data, not garbage: it compacts when it
