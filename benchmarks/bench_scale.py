@@ -1,4 +1,5 @@
-"""An index of 100,000 files: ANN against exact search, filters, and disk growth under write-backs.
+"""An index of 100,000 files: warm whole-query latency with filters, ANN recall@10 against exact
+search, and disk growth under a loop of queries that write back.
 
 The table has the real schema and shapes (storage/table.py): 384-d minilm vectors, the text side
 with its full-text indexes, and real INT4 cache blobs (early_exit/quant.py) of 16-254 tokens on the
@@ -6,36 +7,45 @@ rows still waiting for refinement.  The vectors are a cheap stand-in for embeddi
 unit vectors drawn around 2,000 topic centres (clustered like real embeddings, which matters for
 an IVF index).  One row per file; 70% text, 20% image, 5% audio, 5% video; 35% of the text rows
 exit early (block 2 or 4) with a cache blob, the rest are at full depth.  Paths are 10 folders x 10
-subfolders, mtimes spread over five years.
+subfolders, mtimes spread over five years.  After generating, `Store.maintain` runs as after
+`recall index`: it builds the IVF_HNSW_SQ index (from ANN_MIN_ROWS rows on) and the key indexes.
 
-Measured:
-* recall@10 of each ANN index (IVF_HNSW_SQ, IVF_PQ) against exact search, on the store's search
-  (query vectors drawn like the data), without a filter and with `--type image` (20% of rows),
-  `--in` a folder (10%), `--in` a subfolder (1%), `--since` (about 10%);
+Measured, in this order:
+* the machine's load, before anything else (timings from a busy machine are marked and not written);
+* recall@10 of the ANN index against exact search, on the store's search (query vectors drawn like
+  the data), without a filter and with `--type image` (20% of rows), `--in` a folder (10%), `--in` a
+  subfolder (1%), `--since` (about 10%); IVF_PQ too with --ivf-pq (it reached only 0.54 at 10k);
 * warm latency of whole queries (`Searcher.search`: query embedding, every exit group, default
-  refinement from the INT4 cache, keyword side, fusion) with each filter, exact scan and ANN
-  alternated query by query (A B A B), p50/p95;
-* disk growth after N queries through an on-demand query server (each query writes back what it
-  refined; the server compacts on its own schedule), against the index's size before.
+  refinement from the INT4 cache, keyword side, fusion) with each filter, the store's default
+  search (what a user gets) and an exact scan alternated query by query (A B A B), p50/p95;
+* disk growth over N queries through an on-demand query server, on a copy of the index: each query
+  writes back what it refined, and the write-back compacts on the growth bound
+  (storage/growth.py).  The table's bytes are read after every write-back (the peak a user can
+  find on disk between queries) and every 0.1 s by a sampling thread (the peak inside a
+  compaction, which writes the new files before it removes the old).
 
-    python -m benchmarks.bench_scale [--quick] [--rows N] [--queries N] [--writebacks N] [--no-write]
+    python -m benchmarks.bench_scale [--quick] [--rows N] [--queries N] [--writebacks N]
+                                     [--reuse DIR] [--ivf-pq] [--profile] [--no-write]
 
-The quick mode (10,000 rows, few queries) is a smoke test; the published figures need the full
-run.  On the 2-core VM under a load of 12: generating 100,000 rows took 25 s, building IVF_HNSW_SQ
-6 min, a write-back about 0.7 s; on a quiet machine expect a fraction of that (budget ~30 min).
+--reuse DIR keeps the generated index in DIR and uses it again next time (the growth phase works
+on a copy, so DIR stays as generated).  --profile prints where a warm default query spends its
+time (cProfile).  The quick mode (10,000 rows, few queries) is a smoke test; the published
+figures need the full run: on a quiet 2-core machine about 15 minutes (generating 1-2 min, the
+vector index 2-4 min, recall and latency 2 min, 1,000 queries with write-backs 5-7 min).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-from .common import machine_info, machine_line, markdown_table, percentile, write_results
+from .common import load_check, machine_info, machine_line, markdown_table, percentile, write_results
 
 DIM = 384
 TOPICS = 2000
@@ -91,7 +101,7 @@ def generate(db: Path, rows: int, seed: int = 7) -> dict:
 
     started = time.perf_counter()
     rng = np.random.default_rng(seed)
-    centres = _unit(rng.normal(0, 1, (TOPICS, DIM)))
+    centres = topic_centres(rng)
     blobs = _blobs(rng)
     prepare_index_dir(db)
     manifest = Manifest(db, create=True)
@@ -145,8 +155,15 @@ def generate(db: Path, rows: int, seed: int = 7) -> dict:
             for path, mod, groups in exits:
                 manifest.set_exits(path, mod, groups)
     manifest.close()
-    store.table.optimize()  # one compacted table with its full-text indexes up to date
-    return {"rows": rows, "seconds": time.perf_counter() - started, "cache_bytes": cached_bytes, "centres": centres}
+    store.maintain()  # as after `recall index`: compacted, the ANN and key indexes from ANN_MIN_ROWS on
+    if not store.has_vector_index:  # a quick run's table is too small for one: build it to compare
+        store.create_vector_index()
+    return {"rows": rows, "seconds": time.perf_counter() - started, "cache_bytes": cached_bytes}
+
+
+def topic_centres(rng) -> np.ndarray:
+    """The first draw of generate's generator: a reused index gets its query vectors back."""
+    return _unit(rng.normal(0, 1, (TOPICS, DIM)))
 
 
 def query_vectors(centres: np.ndarray, count: int, seed: int = 11) -> np.ndarray:
@@ -156,7 +173,8 @@ def query_vectors(centres: np.ndarray, count: int, seed: int = 11) -> np.ndarray
 
 
 def recall_at_10(store, vectors: np.ndarray) -> dict[str, float]:
-    """Per filter: mean share of the exact top 10 (by id) that the ANN search returns."""
+    """Per filter: mean share of the exact top 10 (by id) that the store's default search returns
+    (through the ANN index, or exact where the filter is selective: FLAT_MAX_ROWS)."""
     from recall_cli.query.options import QueryOptions
     from recall_cli.query.search import build_filter
 
@@ -174,58 +192,128 @@ def recall_at_10(store, vectors: np.ndarray) -> dict[str, float]:
     return out
 
 
-def latency(searcher, texts: list[str], arms: dict[str, bool]) -> dict:
+ARMS = {"default": False, "exact": True}  # arm -> Store.exact_search
+
+
+def latency(searcher, texts: list[str], profile: bool = False) -> dict:
     """(filter, arm) -> wall seconds of whole queries; arms alternated query by query."""
     from recall_cli.query.options import QueryOptions
 
     walls: dict = {}
     searcher.search(["warm-up"], QueryOptions(limit=10))  # model, table and indexes in memory
-    searcher.refiner and searcher.refiner.fine.clear()  # nothing written: every arm refines alike
+    _forget_refined(searcher)
+    profiler = None
+    if profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
     for name, fields in filters().items():
         for text in texts:
-            for arm, exact in arms.items():
+            for arm, exact in ARMS.items():
                 searcher.store.exact_search = exact
+                if profiler and arm == "default":
+                    profiler.enable()
                 started = time.perf_counter()
                 searcher.search([text], QueryOptions(limit=10, **fields))
                 walls.setdefault((name, arm), []).append(time.perf_counter() - started)
-                if searcher.refiner:
-                    searcher.refiner.fine.clear()
+                if profiler:
+                    profiler.disable()
+                _forget_refined(searcher)
     searcher.store.exact_search = False
+    if profiler:
+        import pstats
+
+        pstats.Stats(profiler).sort_stats("cumulative").print_stats(30)
     return walls
 
 
-def disk_growth(db: Path, texts: list[str], count: int) -> dict:
-    """`count` queries through an in-process on-demand server (write-backs and its compaction)."""
-    from datetime import timedelta
+def _forget_refined(searcher) -> None:
+    """Nothing is written back during the latency phase: every query and arm refines alike."""
+    if searcher.refiner:
+        searcher.refiner.fine.clear()
+        searcher.refiner.rows.clear()
 
+
+class SizeSampler:
+    """Samples the table's bytes on disk every `every` seconds on a thread: the peak in between the
+    samples taken after each write-back, compactions included."""
+
+    def __init__(self, db: Path, every: float = 0.1):
+        from recall_cli.storage.growth import table_bytes
+
+        self.measure = lambda: table_bytes(db)
+        self.every = every
+        self.peak = self.measure()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.peak = max(self.peak, self.measure())
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def disk_growth(db: Path, texts: list[str], count: int) -> dict:
+    """`count` queries through an in-process on-demand server (write-backs, compactions on the
+    growth bound), on a copy of `db`; the table's bytes after each write-back and in between."""
     from recall_cli.query.options import QueryOptions
-    from recall_cli.query.server import QueryServer, warm_query
-    from recall_cli.storage.layout import directory_bytes
+    from recall_cli.query.server import QueryServer, request, warm_query
+    from recall_cli.storage.growth import table_bytes
     from recall_cli.storage.table import Store
 
-    # start from a clean table: no versions left by generating it and building its indexes
-    Store(db).table.optimize(cleanup_older_than=timedelta(0), delete_unverified=True)
-    before = directory_bytes(db)
-    server = QueryServer(db, on_demand=True)
+    copy = db.parent / "growth"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(db, copy)
+    Store(copy).maintain(keep_versions_s=0)  # the index as a finished `recall index` leaves it, no old version
+    before = table_bytes(copy)
+    server = QueryServer(copy, on_demand=True)
     server.start()
+    sizes, started = [], time.perf_counter()
     try:
         server.warm_up()
-        for number in range(count):
-            text = f"{texts[number % len(texts)]} {number}"  # new words: new candidates to refine
-            assert warm_query(db, [text], QueryOptions(limit=10)) is not None
-        rows_refined = server._get_searcher().store.count("refined = false")
+        with SizeSampler(copy) as sampler:
+            for number in range(count):
+                text = f"{texts[number % len(texts)]} {number}"  # new words: new candidates to refine
+                assert warm_query(copy, [text], QueryOptions(limit=10)) is not None
+                request(copy, {"op": "status"})  # answered once the write-back (and compaction) is done
+                sizes.append(table_bytes(copy))
+        seconds = time.perf_counter() - started
+        waiting = server._get_searcher().store.count("refined = false")
         compactions = server.compactions
     finally:
         server.close()
-    after = directory_bytes(db)
+    after = table_bytes(copy)
+    shutil.rmtree(copy, ignore_errors=True)
     return {
         "queries": count,
+        "seconds": seconds,
         "before": before,
         "after": after,
         "growth": after / before - 1.0,
-        "still_waiting": rows_refined,
+        "peak_between_queries": max(sizes) / before - 1.0,
+        "peak_sampled": max(sampler.peak, *sizes) / before - 1.0,
+        "still_waiting": waiting,
         "compactions": compactions,
     }
+
+
+def prepare(db: Path, rows: int) -> dict:
+    """The index in `db`: generated, or reused when it is already there with `rows` rows."""
+    from recall_cli.storage.table import Store
+
+    if (db / "manifest.sqlite").exists():
+        store = Store(db)
+        if store.table is not None and store.count() == rows and store.has_vector_index:
+            return {"rows": rows, "seconds": 0.0, "cache_bytes": None, "reused": True}
+        shutil.rmtree(db)
+    return generate(db, rows)
 
 
 def main(
@@ -234,82 +322,116 @@ def main(
     queries: int | None = None,
     writebacks: int | None = None,
     write: bool = True,
+    reuse: str | None = None,
+    ivf_pq: bool = False,
+    profile: bool = False,
 ) -> str:
     from recall_cli.query.search import Searcher
+    from recall_cli.storage.growth import table_bytes
     from recall_cli.storage.table import Store
 
+    log = lambda text: print(text, flush=True)  # noqa: E731
+    load = load_check(log)
     rows = rows or (10_000 if quick else 100_000)
-    queries = queries or (5 if quick else 20)
-    writebacks = writebacks if writebacks is not None else (50 if quick else 1000)
-    info = machine_info()
-    load_before = os.getloadavg()[0]
-    texts = ["kayak on the lake", "apple pie recipe", "tax invoice", "python server config", "guitar concert"]
-    texts = (texts * ((queries // len(texts)) + 1))[:queries]
-    report: dict = {"machine": info, "rows": rows, "queries": queries}
+    queries = queries or (4 if quick else 12)
+    writebacks = writebacks if writebacks is not None else (60 if quick else 1000)
+    topics = ["kayak on the lake", "apple pie recipe", "tax invoice", "python server config", "guitar concert"]
+    texts = (topics * ((queries // len(topics)) + 1))[:queries]
+    report: dict = {"machine": machine_info(), "rows": rows, "queries": queries, "load_before": load}
+    phases: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="recall-scale-") as folder:
-        db = Path(folder) / "db"
-        made = generate(db, rows)
-        centres = made.pop("centres")
-        report["generate"] = made
+        db = Path(reuse) if reuse else Path(folder) / "db"
+        started = time.perf_counter()
+        report["generate"] = prepare(db, rows)
+        phases["generate and index"] = time.perf_counter() - started
+        log(f"index of {rows:,} rows ready in {phases['generate and index']:.0f} s")
         store = Store(db)
-        report["disk_bytes_flat"] = store.disk_bytes()
-        vectors = query_vectors(centres, 50 if not quick else 10)
+        report["disk_bytes"] = table_bytes(db)
+        vectors = query_vectors(topic_centres(np.random.default_rng(7)), 10 if quick else 50)
+        report["recall_at_10"], report["index_seconds"] = {}, {}
+        started = time.perf_counter()
+        if ivf_pq:  # built, measured, then replaced by the index `maintain` builds
+            store.create_vector_index("IVF_PQ")
+            report["index_seconds"]["IVF_PQ"] = time.perf_counter() - started
+            report["recall_at_10"]["IVF_PQ"] = recall_at_10(store, vectors)
+            began = time.perf_counter()
+            store.create_vector_index("IVF_HNSW_SQ")
+            report["index_seconds"]["IVF_HNSW_SQ"] = time.perf_counter() - began
+        report["recall_at_10"]["IVF_HNSW_SQ"] = recall_at_10(store, vectors)
+        phases["recall"] = time.perf_counter() - started
+        log(f"recall@10: {report['recall_at_10']['IVF_HNSW_SQ']}")
+        started = time.perf_counter()
         searcher = Searcher(db)
-        report["recall_at_10"], report["index_seconds"], report["latency"] = {}, {}, {}
-        for kind in ("IVF_PQ", "IVF_HNSW_SQ"):  # the one `maintain` builds last, kept for the rest
-            started = time.perf_counter()
-            store.create_vector_index(kind)
-            report["index_seconds"][kind] = time.perf_counter() - started
-            store._vector_index = None
-            report["recall_at_10"][kind] = recall_at_10(store, vectors)
-            searcher.store = Store(db)
-            walls = latency(searcher, texts, {"exact": True, kind: False})
-            report["latency"][kind] = {
-                f"{name} | {arm}": {"p50": percentile(values, 0.5), "p95": percentile(values, 0.95), "n": len(values)}
-                for (name, arm), values in walls.items()
+        walls = latency(searcher, texts, profile)
+        report["latency"] = {
+            f"{name} | {arm}": {"p50": percentile(values, 0.5), "p95": percentile(values, 0.95), "n": len(values)}
+            for (name, arm), values in walls.items()
+        }
+        for arm in ARMS:
+            every = [value for (name, each), values in walls.items() if each == arm for value in values]
+            report["latency"][f"all filters | {arm}"] = {
+                "p50": percentile(every, 0.5),
+                "p95": percentile(every, 0.95),
+                "n": len(every),
             }
-        report["disk"] = disk_growth(db, texts, writebacks)
-    report["load_1min"] = [load_before, os.getloadavg()[0]]
-    markdown = _markdown(report, quick)
-    if write and not quick:
+        phases["latency"] = time.perf_counter() - started
+        log(f"latency done in {phases['latency']:.0f} s")
+        started = time.perf_counter()
+        report["disk"] = disk_growth(db, topics, writebacks)
+        phases["disk growth"] = time.perf_counter() - started
+    report["phases_s"] = phases
+    report["load_after"] = load_check(log)
+    quiet = load["quiet"] and report["load_after"]["quiet"]
+    markdown = _markdown(report, quick, quiet)
+    if write and not quick and quiet:
         write_results("scale", report, markdown)
+    elif write and not quick:
+        log("the machine was busy: results/scale.md left alone (rerun on a quiet machine)")
     return markdown
 
 
-def _markdown(report: dict, quick: bool) -> str:
+def _markdown(report: dict, quick: bool, quiet: bool) -> str:
     recall_rows = [
         [kind, *(f"{value:.3f}" for value in per_filter.values())]
         for kind, per_filter in report["recall_at_10"].items()
     ]
     filter_names = list(next(iter(report["recall_at_10"].values())))
     latency_rows = []
-    for kind, cells in report["latency"].items():
-        for key, cell in cells.items():
-            name, arm = key.split(" | ")
-            if arm == "exact" and kind != "IVF_HNSW_SQ":
-                continue
-            latency_rows.append([name, arm, f"{cell['p50']:.3f}", f"{cell['p95']:.3f}", cell["n"]])
+    for key, cell in report["latency"].items():
+        name, arm = key.split(" | ")
+        latency_rows.append([name, arm, f"{cell['p50']:.3f}", f"{cell['p95']:.3f}", cell["n"]])
     disk = report["disk"]
+    made = report["generate"]
     generate_line = (
-        f"{report['rows']:,} rows generated in {report['generate']['seconds']:.0f} s "
-        f"({report['generate']['cache_bytes'] / 2**20:.0f} MiB of INT4 cache); vector index built in "
-        + ", ".join(f"{kind} {seconds:.0f} s" for kind, seconds in report["index_seconds"].items())
+        f"{report['rows']:,} rows (reused)"
+        if made.get("reused")
+        else f"{report['rows']:,} rows generated and maintained in {made['seconds']:.0f} s "
+        f"({made['cache_bytes'] / 2**20:.0f} MiB of INT4 cache)"
     )
+    load = report["load_before"]
+    phases = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in report["phases_s"].items())
     return "\n\n".join(
         [
             f"## Scale ({report['rows']:,} files, minilm shapes, synthetic vectors)",
-            f"Machine: {machine_line(report['machine'])}; 1-minute load {report['load_1min'][0]:.2f} before, "
-            f"{report['load_1min'][1]:.2f} after. "
-            f"Command: `python -m benchmarks.bench_scale{' --quick' if quick else ''}`. " + generate_line + ".",
-            "Recall@10 of the ANN index against exact search (store search, the same filter on both):",
+            f"Machine: {machine_line(report['machine'])}; before the run others used "
+            f"{load['busy_share']:.0%} of the cores (loadavg {load['loadavg_1m']:.2f}), after it "
+            f"{report['load_after']['busy_share']:.0%}"
+            + ("" if quiet else " (BUSY: the timings below are contaminated)")
+            + f". Command: `python -m benchmarks.bench_scale{' --quick' if quick else ''}`. "
+            f"{generate_line}; table {report['disk_bytes'] / 2**20:.0f} MiB on disk. Phases: {phases}.",
+            "Recall@10 of the store's default search (ANN, or exact where the filter leaves at most "
+            "FLAT_MAX_ROWS rows) against exact search, the same filter on both:",
             markdown_table(["index", *filter_names], recall_rows),
             f"Warm whole queries (embedding, exit groups, default refinement, keyword side), "
-            f"{report['queries']} per filter and arm, arms alternated:",
+            f"{report['queries']} per filter and arm, arms alternated query by query:",
             markdown_table(["filter", "search", "p50 s", "p95 s", "queries"], latency_rows),
-            f"Disk after {disk['queries']:,} queries with write-backs through an on-demand server "
-            f"({disk['compactions']} compactions by the server): "
+            f"Disk over {disk['queries']:,} queries with write-backs through an on-demand server "
+            f"({disk['seconds']:.0f} s; {disk['compactions']} compactions on the growth bound): "
             f"{disk['before'] / 2**20:.1f} MiB before, {disk['after'] / 2**20:.1f} MiB after "
-            f"({100 * disk['growth']:+.1f}%); rows still waiting for refinement: {disk['still_waiting']:,}.",
+            f"({100 * disk['growth']:+.1f}%); largest after any write-back "
+            f"{100 * disk['peak_between_queries']:+.1f}%, largest sampled every 0.1 s (inside "
+            f"compactions too) {100 * disk['peak_sampled']:+.1f}%; rows still waiting for "
+            f"refinement: {disk['still_waiting']:,}.",
         ]
     )
 
@@ -318,8 +440,14 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rows", type=int)
-    parser.add_argument("--queries", type=int)
-    parser.add_argument("--writebacks", type=int)
+    parser.add_argument("--queries", type=int, help="queries per filter and arm in the latency phase")
+    parser.add_argument("--writebacks", type=int, help="queries in the disk growth phase")
+    parser.add_argument("--reuse", metavar="DIR", help="keep the generated index here and reuse it")
+    parser.add_argument("--ivf-pq", action="store_true", help="also measure an IVF_PQ index's recall")
+    parser.add_argument("--profile", action="store_true", help="cProfile of the warm default queries")
     parser.add_argument("--no-write", action="store_true", help="print only, leave benchmarks/results alone")
     args = parser.parse_args()
-    print(main(args.quick, args.rows, args.queries, args.writebacks, write=not args.no_write))
+    markdown = main(
+        args.quick, args.rows, args.queries, args.writebacks, not args.no_write, args.reuse, args.ivf_pq, args.profile
+    )
+    print(markdown)

@@ -106,3 +106,63 @@ def test_a_large_table_gets_key_indexes_and_lookups_stay_right(tmp_path, monkeyp
     by_path = store.table.search().where(f"path = {sql_str('/f/new0.md')}").limit(None).to_list()
     assert [row["id"] for row in by_path] == ["/f/new0.md\x1f0"]
     assert store.count() == 301
+
+
+def refined_rows(names: list[str], seed: int) -> list[dict]:
+    """A query's write-back: the rows' fine vectors, their cache released."""
+    return rows(names, seed, refined=True)
+
+
+def cached_rows(names: list[str], seed: int) -> list[dict]:
+    """Rows waiting for refinement, each with an incompressible cache blob (as real INT4 ones are)."""
+    out = rows(names, seed)
+    for number, row in enumerate(out):
+        row["cache"] = np.random.default_rng(seed * 1000 + number).bytes(2000)
+    return out
+
+
+def test_a_loop_of_write_backs_keeps_the_table_within_its_growth_bound(tmp_path, monkeypatch):
+    """Write-backs one after another, each followed by the bound check a query makes: the table
+    directory never grows past its size after the last compaction plus the bound plus one write,
+    ends no larger than it started plus the bound (no old version is left behind), and keeps
+    every row with its latest values."""
+    from recall_cli.storage import growth
+    from recall_cli.storage.lock import WriterLock
+
+    monkeypatch.setattr(growth, "GROWTH_FLOOR_BYTES", 0)  # the table is small: the share decides
+    monkeypatch.setattr(growth, "GROWTH_BOUND", 0.05)
+    db = tmp_path / "db"
+    prepare_index_dir(db)
+    store = Store(db, dim=DIM)
+    store.upsert(cached_rows([f"old{i}" for i in range(400)], 1))
+    store.maintain()
+    start = growth.table_bytes(db)
+    assert growth.compacted_bytes(db) == start
+    compactions, largest_write = 0, 0
+    for batch in range(60):
+        before = growth.table_bytes(db)
+        limit = growth.growth_limit(growth.compacted_bytes(db))
+        with WriterLock(db, "query"):
+            store.upsert(refined_rows([f"old{batch * 5 + i}" for i in range(5)], 100 + batch))
+            largest_write = max(largest_write, growth.table_bytes(db) - before)
+            compactions += store.maintain_if_grown()
+        assert growth.table_bytes(db) <= limit + largest_write, f"past the bound after write-back {batch}"
+    assert compactions >= 3
+    assert growth.table_bytes(db) <= start * 1.05
+    table = Store(db).table.to_arrow()
+    assert sorted(table.column("id").to_pylist()) == sorted(f"/f/old{i}.md\x1f0" for i in range(400))
+    refined = dict(zip(table.column("path").to_pylist(), table.column("refined").to_pylist(), strict=True))
+    assert all(refined[f"/f/old{i}.md"] for i in range(300))  # every write-back kept
+    assert not any(refined[f"/f/old{i}.md"] for i in range(300, 400))
+
+
+def test_an_index_without_a_size_record_starts_counting_from_now(tmp_path):
+    from recall_cli.storage import growth
+
+    db = tmp_path / "db"
+    prepare_index_dir(db)
+    store = Store(db, dim=DIM)
+    store.upsert(rows([f"old{i}" for i in range(20)], 1))
+    assert growth.compacted_bytes(db) is None  # written, never compacted (an index made before)
+    assert not store.maintain_if_grown()
+    assert growth.compacted_bytes(db) == growth.table_bytes(db)

@@ -246,19 +246,28 @@ def test_an_idle_server_compacts_what_its_write_backs_left(tmp_path, monkeypatch
     assert table.count_rows() == sum(1 for _ in NOTES) and table.count_rows("refined") == len(NOTES)
 
 
-def test_a_server_that_is_never_idle_compacts_after_so_many_write_backs(tmp_path, monkeypatch):
+def test_a_server_that_is_never_idle_compacts_once_write_backs_pass_the_growth_bound(tmp_path, monkeypatch):
+    from recall_cli.storage import growth
+    from recall_cli.storage.layout import table_files
+
     root, db = tmp_path / "files", tmp_path / "db"
     write_files(root, NOTES)
     assert run_recall("index", root, "--db", db, "--exit-policy", "fixed:2", "-q").returncode == 0
     monkeypatch.setattr(server_module, "COMPACT_EVERY_S", 3600.0)  # never idle long enough
-    monkeypatch.setattr(server_module, "COMPACT_AFTER_WRITES", 2)
+    monkeypatch.setattr(growth, "GROWTH_FLOOR_BYTES", 0)
     server = server_module.QueryServer(db, on_demand=True)
     server.start()
     try:
-        for folder in ("trips", "home"):  # two write-backs, one after the other
-            within = str(root / folder)
-            assert server_module.request(db, {"op": "query", "texts": ["x"], "refine": "exact", "within": within})["ok"]
+        monkeypatch.setattr(growth, "GROWTH_BOUND", 10.0)  # far away: a write-back leaves its version
+        within = str(root / "trips")
+        assert server_module.request(db, {"op": "query", "texts": ["x"], "refine": "exact", "within": within})["ok"]
+        wait_until(lambda: server.writes_since_compaction == 1, 30, message="the write-back")
+        assert server.compactions == 0 and table_files(db)["versions"] > 1
+        monkeypatch.setattr(growth, "GROWTH_BOUND", 0.0)  # any growth passes it
+        within = str(root / "home")
+        assert server_module.request(db, {"op": "query", "texts": ["x"], "refine": "exact", "within": within})["ok"]
         wait_until(lambda: server.compactions == 1, 30, message="the compaction")
-        assert server.writes_since_compaction == 0
     finally:
         server.close()
+    assert table_files(db)["versions"] == 1  # no old version kept
+    assert growth.compacted_bytes(db) == growth.table_bytes(db)

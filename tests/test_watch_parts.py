@@ -446,3 +446,28 @@ def test_stop_ends_the_observer_threads_and_restores_the_excepthook(watched_root
     observers.stop()
     assert not [thread for thread in set(threading.enumerate()) - threads_before if thread.is_alive()]
     assert threading.excepthook == hook_before
+
+
+def test_a_table_grown_past_its_bound_is_compacted_before_the_interval(clock):
+    """A busy query loop against `recall watch` writes back all the time: once the table has grown
+    past its bound it is compacted at the next idle moment, not MAINTAIN_EVERY later."""
+    compactions, grown = [], [False]
+    idle = IdleScheduler(
+        lambda should_stop, budget_s: False,
+        lambda: compactions.append(clock()),
+        interrupted=lambda: False,
+        grown=lambda: grown[0],
+        clock=clock,
+    )
+    idle.note_compacted(clock())
+    idle.note_write()
+    clock.advance(1.0)
+    idle.step(clock(), quiet_for=60)
+    assert compactions == []  # written, but neither the interval nor the bound is reached
+    grown[0] = True
+    clock.advance(1.0)
+    idle.step(clock(), quiet_for=60)
+    assert compactions == [clock()]
+    clock.advance(1.0)
+    idle.step(clock(), quiet_for=60)
+    assert len(compactions) == 1  # nothing written since: no compaction, however grown

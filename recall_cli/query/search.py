@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from recall_cli.early_exit.candidates import POOL_MIN, POOL_PER_RESULT
-from recall_cli.errors import REBUILD_HINT, RecallError, StorageError, storage_error
+from recall_cli.errors import REBUILD_HINT, RecallError, StorageError, error_text, storage_error
 from recall_cli.modalities import check_modality
 from recall_cli.models import load_model, load_query_encoder
 from recall_cli.query.mediafilter import media_clauses, result_meta, uses_media_filters
@@ -94,6 +94,7 @@ class Searcher:
 
         self.db_dir = Path(db_dir)
         self.writes_locked = False  # True inside `recall watch`, which holds the writer lock
+        self.compactions = 0  # by write_back, on the growth bound
         self.refiner = None
         self._keyword_pool = None  # one background thread for the keyword side, made on first use
 
@@ -271,11 +272,20 @@ class Searcher:
             )
         return best_per_file(candidates)
 
+    def _compact_if_grown(self) -> None:
+        """Compact on the growth bound (the caller holds the writer lock); a failure only costs
+        the compaction: the rows are written and the next write-back tries again."""
+        try:
+            self.compactions += self.store.maintain_if_grown()
+        except Exception as error:
+            log.warning("compacting the index failed: %s: %s", type(error).__name__, error_text(error))
+
     def write_back(self) -> int:
         """Write the fine embeddings computed by the queries so far into the index (the rows
         become exact and release their cache).  Outside `recall watch` this takes the writer
         lock without waiting; when another process is writing, nothing is written (the rows are
-        simply refined again next time).  Returns rows written."""
+        simply refined again next time).  Then compacts the table if it has grown past its bound
+        (storage/growth.py).  Returns rows written."""
         if self.refiner is None or not self.refiner.pending():
             return 0
         if not os.access(self.db_dir, os.W_OK):  # a read-only index answers queries all the same
@@ -287,10 +297,13 @@ class Searcher:
         try:
             manifest = Manifest(self.db_dir, create=False)
             try:
-                if self.writes_locked:
+                if self.writes_locked:  # `recall watch` compacts on the bound itself, when idle
                     return self.refiner.write_back(manifest)
                 with WriterLock(self.db_dir, "query"):
-                    return self.refiner.write_back(manifest)
+                    written = self.refiner.write_back(manifest)
+                    if written:
+                        self._compact_if_grown()
+                    return written
             finally:
                 manifest.close()
         except Exception as error:  # the results are out; the index stays as it was

@@ -38,18 +38,12 @@ NO_SERVER_ENV = "RECALL_NO_SERVER"  # set to 1: never use a running watcher (ben
 _MAX_UNIX_PATH = 100  # sun_path is 108 bytes on Linux, 104 on macOS
 MAX_REQUEST_BYTES = 1 << 20  # a query request is a few hundred bytes; anything near this is not one
 TAKEOVER_WAIT_S = 5.0  # how long `recall watch` waits for an on-demand server to hand over
-# An on-demand server compacts the table (merging the small fragments and dropping the old versions
-# that write-backs leave) at most this often, when idle: otherwise an index queried every day
-# would grow version files without end.  `recall watch` and `recall index` compact on their own.
+# Each write-back leaves a version and a small fragment behind; the write-back itself compacts once
+# they pass the growth bound (storage/growth.py), between two requests.  Below the bound an
+# on-demand server also compacts when idle, at most this often, so the fragments of a quiet day's
+# queries do not linger.  `recall watch` and `recall index` compact on their own.
 COMPACT_EVERY_S = 600.0
 COMPACT_WHEN_IDLE_S = 2.0
-# a server that is never idle (a long query loop) compacts between two requests after this many
-# write-backs: each leaves a version and a small fragment behind (benchmarks/bench_scale.py)
-COMPACT_AFTER_WRITES = 200
-# versions an on-demand server's compaction keeps: every write-back leaves one (~40 KB at 100k
-# rows), so a busy loop would keep ten minutes' worth with the default; the other readers it must
-# not pull files from under are queries, which take seconds
-KEEP_VERSIONS_S = 60.0
 
 
 def servers_off() -> bool:
@@ -170,6 +164,7 @@ class QueryServer:
         self, db_dir, status=None, device: str | None = None, weights: str | None = None, on_demand: bool = False
     ):
         self.db_dir = db_dir
+        self.on_write = None  # called after each write-back (`recall watch`: compact on the bound)
         self.path = socket_path(db_dir)
         self.status = status or (lambda: {})
         self.device, self.weights = device, weights
@@ -185,8 +180,11 @@ class QueryServer:
         self._inode = None
         self._lock = None
         self.writes_since_compaction = 0
-        self.compactions = 0
+        self.idle_compactions = 0
         self.last_compaction = time.monotonic()
+        # held while a request is answered and written back: `recall watch` compacts under it, so
+        # that no query of this process reads the versions a compaction removes
+        self.busy = threading.Lock()
 
     def start(self) -> None:
         """Take the server lock (an on-demand server that holds it is asked to hand over to a
@@ -312,13 +310,19 @@ class QueryServer:
         if not isinstance(payload, dict):
             self._reply(conn, {"ok": False, "error": "bad request: not a JSON object", "exit": 2})
             return
-        self._reply(conn, self.answer(payload))
-        conn.close()  # the client has its answer; now write back what the query refined
-        if self._searcher is not None and self._searcher.write_back():
-            self.writes_since_compaction += 1
-            if self.on_demand and self.writes_since_compaction >= COMPACT_AFTER_WRITES:
-                self.compact()
+        with self.busy:
+            self._reply(conn, self.answer(payload))
+            conn.close()  # the client has its answer; now write back what the query refined
+            if self._searcher is not None and self._searcher.write_back():  # compacts on the bound
+                self.writes_since_compaction += 1
+                if self.on_write is not None:
+                    self.on_write()
         self.last_request = time.monotonic()  # idle time counts from the end of the work
+
+    @property
+    def compactions(self) -> int:
+        """Compactions by this server: when idle, and by its write-backs on the growth bound."""
+        return self.idle_compactions + (self._searcher.compactions if self._searcher is not None else 0)
 
     def compaction_due(self) -> bool:
         now = time.monotonic()
@@ -331,16 +335,17 @@ class QueryServer:
     def compact(self) -> bool:
         """Compact the table under the writer lock, if nobody else is writing (then next time)."""
         from recall_cli.errors import RecallError
+        from recall_cli.storage.growth import BOUND_KEEP_VERSIONS_S
         from recall_cli.storage.lock import WriterLock
 
         self.last_compaction = time.monotonic()
         try:
             with WriterLock(self.db_dir, "query server (compacting)"):
-                self._get_searcher().store.maintain(keep_versions_s=KEEP_VERSIONS_S)
+                self._get_searcher().store.maintain(keep_versions_s=BOUND_KEEP_VERSIONS_S)
         except RecallError:  # another writer: it compacts, or we do next time
             return False
         self.writes_since_compaction = 0
-        self.compactions += 1
+        self.idle_compactions += 1
         return True
 
     @staticmethod

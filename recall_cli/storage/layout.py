@@ -11,6 +11,7 @@ names them; everything else asks it for a path.
       heal.lock               held while `recall heal` trains (a second heal waits or is refused)
       query.sock              the warm query server's Unix socket (0600), while one runs
       server.lock             held by the one query server of the index (on-demand or `recall watch`)
+      compacted.json          the table's size after its last compaction (the base of storage/growth.py's bound)
       predictor.safetensors   the exit predictor of every modality (written by `heal`)
       adapters/CURRENT        the number of the healed version in use
       adapters/v<N>/          one healed version: lora.safetensors, heads.safetensors, heal.json
@@ -30,6 +31,7 @@ LOCK_NAME = "write.lock"
 HEAL_LOCK = "heal.lock"
 SOCKET_NAME = "query.sock"
 SERVER_LOCK = "server.lock"
+COMPACTED_FILE = "compacted.json"
 PREDICTOR_FILE = "predictor.safetensors"
 ADAPTERS_DIR = "adapters"
 CURRENT_FILE = "CURRENT"  # inside ADAPTERS_DIR

@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from recall_cli.errors import REBUILD_HINT, RecallError, error_text, storage_error
 from recall_cli.paths import stored_path
+from recall_cli.storage.growth import BOUND_KEEP_VERSIONS_S, grown_past_bound, record_compacted
 from recall_cli.storage.lancedb_import import import_lancedb
 from recall_cli.storage.layout import TABLE_DIR, TABLE_NAME, directory_bytes
 from recall_cli.storage.schema import (
@@ -303,16 +304,33 @@ class Store:
     def maintain(self, keep_versions_s: float = 600.0) -> None:
         """After a write-heavy run: compact small fragments, drop versions older than
         `keep_versions_s` (a reader still on one must not lose its files), and keep an ANN index
-        once the table is large enough for it to pay."""
+        once the table is large enough for it to pay.  Records the size it leaves: the base of
+        the growth bound (storage/growth.py)."""
+        import warnings
         from datetime import timedelta
 
         self.ensure_text_indexes()
-        self.table.optimize(cleanup_older_than=timedelta(seconds=keep_versions_s))  # folds new rows into every index
+        # optimize compacts, removes old versions, then folds new rows into every index: the index
+        # files that last step replaces stay until the next removal, so keeping no version (the
+        # growth bound) runs it twice; the second has nothing to compact or index and takes ms
+        for _ in range(1 if keep_versions_s else 2):
+            with warnings.catch_warnings():  # keep_versions_s 0 warns about other readers: see growth.py
+                warnings.simplefilter("ignore", UserWarning)
+                self.table.optimize(cleanup_older_than=timedelta(seconds=keep_versions_s))
         self._vector_index = None
         if self.table.count_rows() >= ANN_MIN_ROWS:
             if not self.has_vector_index:
                 self.create_vector_index()
             self.ensure_key_indexes()
+        record_compacted(self.db_dir)
+
+    def maintain_if_grown(self) -> bool:
+        """Compact (keeping no old version) when the table has grown past its bound since the last
+        compaction; the caller holds the writer lock.  True when it compacted."""
+        if not grown_past_bound(self.db_dir):
+            return False
+        self.maintain(keep_versions_s=BOUND_KEEP_VERSIONS_S)
+        return True
 
     def ensure_key_indexes(self) -> None:
         """BTree indexes on the columns rows are looked up by (a query's write-back reads and

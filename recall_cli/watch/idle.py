@@ -2,9 +2,10 @@
 
 When no event has arrived for IDLE_AFTER seconds the watcher hands its idle time to this scheduler,
 which does one of two things per call:
-  * compaction of the table, when something was written since the last one, at most once every
-    MAINTAIN_EVERY seconds (each batch adds small fragments; compacting after every batch would
-    cost more than it saves);
+  * compaction of the table, when something was written since the last one (a batch, or a query's
+    write-back), at most once every MAINTAIN_EVERY seconds (each batch adds small fragments;
+    compacting after every batch would cost more than it saves), or at once when the table has
+    grown past its bound (storage/growth.py: a busy query loop);
   * one slice (IDLE_SLICE seconds) of idle work, i.e. refining cached rows, then rests so that idle
     work uses at most IDLE_CPU_BUDGET of wall time: a watcher left running must not keep a laptop's
     fan on.  The work is told to stop as soon as an event arrives, so changes are never delayed.
@@ -43,6 +44,7 @@ class IdleScheduler:
         compact: Callable[[], None],
         *,
         interrupted: Callable[[], bool],
+        grown: Callable[[], bool] = lambda: False,
         warn: Callable[[str], None] = lambda text: None,
         clock: Callable[[], float] = time.monotonic,
         idle_after: float = IDLE_AFTER,
@@ -53,6 +55,7 @@ class IdleScheduler:
         self._work = work
         self._compact = compact
         self._interrupted = interrupted  # an event is waiting (or the watcher is stopping)
+        self._grown = grown  # the table has grown past its bound (storage/growth.py): compact now
         self._warn = warn
         self._clock = clock
         self.idle_after = idle_after
@@ -85,8 +88,10 @@ class IdleScheduler:
         return "worked"
 
     def _compaction_due(self, now: float) -> bool:
+        if not self._wrote_since_compaction:
+            return False
         # the epsilon: a caller stepping exactly every maintain_every seconds must not slip a round
-        return self._wrote_since_compaction and now - self._last_compaction >= self.maintain_every - 1e-9
+        return now - self._last_compaction >= self.maintain_every - 1e-9 or self._grown()
 
     def _run_compaction(self, now: float) -> None:
         self._wrote_since_compaction = False

@@ -90,6 +90,7 @@ class Watcher:
             self._compact,
             warn=lambda text: self.emit("warning", text),
             interrupted=lambda: self.stopping() or not self.events.empty(),
+            grown=self._grown,
         )
         self._stop = threading.Event()
         self._signals = 0
@@ -183,6 +184,7 @@ class Watcher:
         except ServerRunning as error:
             self.emit("warning", f"not serving queries: {error}")
             return
+        server.on_write = self.idle.note_write  # its write-backs count towards a compaction
         self._server = server
 
     def _announce(self) -> None:
@@ -364,10 +366,21 @@ class Watcher:
     def _refine_idle(self, should_stop, budget_s: float) -> bool:
         return refine_idle(self.db_dir, should_stop, budget_s)
 
+    def _grown(self) -> bool:
+        from recall_cli.storage.growth import grown_past_bound
+
+        return grown_past_bound(self.db_dir)
+
     def _compact(self) -> None:
+        """Compact, keeping no old version (storage/growth.py): the queries that could read one are
+        this process's, held off meanwhile."""
+        from contextlib import nullcontext
+
+        from recall_cli.storage.growth import BOUND_KEEP_VERSIONS_S
         from recall_cli.storage.table import Store  # lazy: lancedb is heavy, and only needed when idle
 
-        Store(self.db_dir).maintain()
+        with self._server.busy if self._server is not None else nullcontext():
+            Store(self.db_dir).maintain(keep_versions_s=BOUND_KEEP_VERSIONS_S)
 
 
 def watch_roots(roots: list[str], db_dir: Path, options: WatchOptions = WatchOptions()) -> int:
