@@ -8,8 +8,8 @@ MiniLM, docstring corpus (one doc per file), the real indexer in this process (m
   * bare encoder: the same units through the same model and batch size, nothing else;
   * `recall index --full` at the default precision and in fp32; fixed:3; a fixed mix; the
     predictor policy (trained on other docstrings), each next to its ideal (full / blocks run);
-  * full and fixed:3 again with encoding in series (RECALL_OVERLAP=0): what the overlap queue
-    (index/overlap.py) gains;
+  * full and fixed:3 again with encoding overlapped (RECALL_OVERLAP=1, off by default): what the
+    overlap queue (index/overlap.py) gains or loses;
   * a stage profile of the predictor policy and of full depth (shares of wall time).
 ImageBind-Huge (random weights, vision), generated photos, the real indexer: fp32 and bf16 at full
 depth, bf16 `fixed:16`, and the bare bf16 encoder.  Not in --quick.
@@ -37,9 +37,9 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _index_arm(files: Path, db: Path, model: str, dtype: str, policy: str, overlap: bool = True):
+def _index_arm(files: Path, db: Path, model: str, dtype: str, policy: str, overlap: bool = False):
     """One run of the real indexer into a fresh index: the units and blocks it did.  `overlap`
-    False: encoding in series with decoding and writes (RECALL_OVERLAP=0), to measure the queue."""
+    True: encoding overlapped with decoding and writes (RECALL_OVERLAP=1), to measure the queue."""
     from recall_cli.index.indexer import IndexOptions, index_roots
     from recall_cli.index.overlap import OVERLAP_ENV
 
@@ -189,8 +189,8 @@ def minilm_section(work: Path, quick: bool, rounds: int) -> dict:
     arms = {"bare encoder": _bare_arm(model, "text", units)}
     for policy in ("full", "fixed:3", MIX, "predictor"):
         arms[policy] = _index_arm(files, work / "db", "minilm", default, policy)
-    arms["full (in series)"] = _index_arm(files, work / "db", "minilm", default, "full", overlap=False)
-    arms["fixed:3 (in series)"] = _index_arm(files, work / "db", "minilm", default, "fixed:3", overlap=False)
+    arms["full (overlapped)"] = _index_arm(files, work / "db", "minilm", default, "full", overlap=True)
+    arms["fixed:3 (overlapped)"] = _index_arm(files, work / "db", "minilm", default, "fixed:3", overlap=True)
     if default != "fp32":
         arms["full (fp32)"] = _index_arm(files, work / "db", "minilm", "fp32", "full")
     log(f"minilm ({default} by default): {n_files} files, {len(units)} units, {rounds} rounds")
@@ -255,7 +255,7 @@ def huge_section(work: Path, quick: bool, rounds: int) -> dict:
         "full (fp32)": _index_arm(files, work / "db-huge", "imagebind-huge", "fp32", "full"),
         "full (bf16)": _index_arm(files, work / "db-huge", "imagebind-huge", "bf16", "full"),
         f"{HUGE_POLICY} (bf16)": _index_arm(files, work / "db-huge", "imagebind-huge", "bf16", HUGE_POLICY),
-        "full (bf16, in series)": _index_arm(files, work / "db-huge", "imagebind-huge", "bf16", "full", overlap=False),
+        "full (bf16, overlapped)": _index_arm(files, work / "db-huge", "imagebind-huge", "bf16", "full", overlap=True),
     }
     _bare_arm(bf16, "image", units[:1])()  # first-call warm-up of the kernels
     log(f"imagebind-huge: {n_images} photos, {rounds} rounds")

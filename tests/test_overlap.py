@@ -24,6 +24,7 @@ FLUSH = 4
 
 @pytest.fixture
 def small_batches(monkeypatch):
+    monkeypatch.setenv(OVERLAP_ENV, "1")  # off by default: these tests are about the overlapped run
     monkeypatch.setattr(indexer, "FLUSH_UNITS", FLUSH)
     monkeypatch.setattr(indexer, "FLUSH_FILES", FLUSH)
 

@@ -14,7 +14,7 @@ Why this shape:
 * torch runs in the encoder thread only (the model's own intra-op threads); the run's thread is
   mostly file reads, Rust tokenisers, numpy and LanceDB, which release the interpreter lock, so on
   2 cores it fills the gaps torch leaves (the interpreter's time between ops) rather than
-  competing with it.  `RECALL_OVERLAP=0` runs everything in series (for comparisons).
+  competing with it.  It is off by default (`overlap_enabled` says why); `RECALL_OVERLAP=1` turns it on.
 """
 
 from __future__ import annotations
@@ -30,7 +30,13 @@ OVERLAP_ENV = "RECALL_OVERLAP"
 
 
 def overlap_enabled() -> bool:
-    return os.environ.get(OVERLAP_ENV, "1").strip() not in ("0", "false", "no", "off")
+    """Off unless RECALL_OVERLAP=1.  Measured quiet on 2 cores (bench_speed, arms alternated, two
+    runs), the overlap showed no consistent gain: MiniLM full depth 6.1 s overlapped against 5.1 s
+    in series, then 5.9 s against 5.7 s; fixed:3 3.9 s against 3.8 s, then 3.9 s against 4.15 s;
+    ImageBind-Huge 2.06 s against 2.06 s, then 2.04 s against 2.27 s.  On two cores the run's thread
+    (and LanceDB's and the tokeniser's own threads) competes with torch's intra-op threads as
+    much as it fills their gaps, and the overlap costs a kill one more uncommitted batch."""
+    return os.environ.get(OVERLAP_ENV, "0").strip() in ("1", "true", "yes", "on")
 
 
 @dataclass
