@@ -14,7 +14,7 @@ How a run calibrates (default policy `auto`, an index never healed, no `--full`)
      fixed number of steps ($RECALL_CALIBRATE_STEPS: the same quality on any machine), and the
      exit predictor is trained on a target of TARGET_COMPUTE of the blocks.
   3. gate: an exit is enabled only if, on files held out of training, its mean cosine to full
-     depth reaches a floor (0.80) and it brings the full-depth top k of held-out "more like this"
+     depth reaches GATE_COSINE (0.83) and it brings the full-depth top k of held-out "more like this"
      queries into its top 5k (calibrate_gate.py: why both); the projected saving over the
      rest of the run (its units x measured encode time per unit x blocks the predictor skips) must
      exceed the time spent healing.  Else

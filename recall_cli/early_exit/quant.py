@@ -61,9 +61,7 @@ def _torch():
 
 
 def _numpy(x) -> np.ndarray:
-    if isinstance(x, np.ndarray):
-        return x
-    return x.detach().cpu().float().numpy()
+    return _bits_to_float(_raw(x))
 
 
 def quantize(x, group: int = GROUP_SIZE):
@@ -178,8 +176,8 @@ def _all_tokens(sequences: list, dim: int) -> np.ndarray:
     """Every token of the sequences as one float32 [N, dim] array: one copy in numpy, no torch op
     (torch.cat and .float() run on OpenMP threads that cost ~0.4 s a batch on a busy CPU)."""
     raw = [_raw(seq).reshape(-1, dim) for seq in sequences]
-    if all(part.dtype == np.uint16 for part in raw):  # bfloat16 bits: the top half of a float32
-        return (np.concatenate(raw).astype(np.uint32) << 16).view(np.float32)
+    if all(part.dtype == np.uint16 for part in raw):  # all bfloat16: join the bits, convert once
+        return _bits_to_float(np.concatenate(raw))
     return np.concatenate([_bits_to_float(part) for part in raw])
 
 
@@ -194,6 +192,7 @@ def _raw(x) -> np.ndarray:
 
 
 def _bits_to_float(part: np.ndarray) -> np.ndarray:
+    """float32 of an array from _raw: bfloat16 bits are the top half of a float32."""
     if part.dtype == np.uint16:
         return (part.astype(np.uint32) << 16).view(np.float32)
     return part.astype(np.float32, copy=False)

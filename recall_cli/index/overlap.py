@@ -12,9 +12,10 @@ Why this shape:
 * the queue holds one batch: a slow decode (a long OCR, a large video) delays the next batch by
   at most the time the encoder would have waited anyway, and memory stays at two batches;
 * torch runs in the encoder thread only (the model's own intra-op threads); the run's thread is
-  mostly file reads, Rust tokenisers, numpy and LanceDB, which release the interpreter lock, so on
-  2 cores it fills the gaps torch leaves (the interpreter's time between ops) rather than
-  competing with it.  It is off by default (`overlap_enabled` says why); `RECALL_OVERLAP=1` turns it on.
+  mostly file reads, Rust tokenisers, numpy and LanceDB, which release the interpreter lock, so
+  it can fill the gaps torch leaves (the interpreter's time between ops).  Measured on 2 cores it
+  competed with torch as much as it filled them, so it is off by default (`overlap_enabled` has
+  the figures); `RECALL_OVERLAP=1` turns it on.
 """
 
 from __future__ import annotations

@@ -134,7 +134,6 @@ class Query:
 
 
 _FILTER = re.compile(r"""(?<!\S)(taken|near|camera|artist):(?:"([^"]*)"|'([^']*)'|(\S+))""")
-_FILTER_OPTION = {"near": "near", "camera": "camera", "artist": "artist"}
 
 
 def read_filters(text: str) -> tuple[dict, str]:
@@ -147,7 +146,7 @@ def read_filters(text: str) -> tuple[dict, str]:
         values = (
             dict(zip(("taken_after", "taken_before"), taken_range(value), strict=True))
             if key == "taken"
-            else {_FILTER_OPTION[key]: value}
+            else {key: value}  # near:, camera:, artist: are named as their QueryOptions fields
         )
         for option, given in values.items():
             if given is None:
