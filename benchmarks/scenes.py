@@ -3,6 +3,11 @@ photos with a line of text in them (signs), for the OCR gate's figures in bench_
 
 Generated, so the benchmark needs no download: gravel, foliage, a city skyline with rows of
 windows, 1/f noise (clouds, rock), plus scikit-learn's two sample photos when it is installed.
+
+Real photos: scikit-image's sample photos (in its wheel; the `bench` extra installs it) and
+scikit-learn's, at their own size, and the same photos at camera size (4000x3000, with sensor
+noise, JPEG q90: about what a phone writes), where decoding a JPEG even at 1/8 scale costs
+tens of milliseconds.  A folder of photos of your own can be added (`--photos DIR`).
 """
 
 from __future__ import annotations
@@ -130,7 +135,10 @@ def signs(backgrounds: list[Path], folder: Path, words: list[str], font_file: st
         draw = ImageDraw.Draw(image)
         size = (14, 18, 24, 36, 60)[index % 5]
         font = ImageFont.truetype(font_file, size) if font_file else ImageFont.load_default(size=size)
-        x, y, line = rng.randint(50, 800), rng.randint(50, 900), " ".join(rng.sample(words, 3))
+        line = " ".join(rng.sample(words, 3))
+        room_x = max(11, image.width - int(draw.textlength(line, font=font)) - 20)
+        room_y = max(11, image.height - int(size * 1.4) - 20)
+        x, y = rng.randint(10, min(800, room_x)), rng.randint(10, min(900, room_y))
         if index % 2 == 0:
             width = draw.textlength(line, font=font)
             draw.rectangle((x - 10, y - 10, x + width + 10, y + size * 1.4 + 10), fill=(240, 240, 235))
@@ -140,3 +148,67 @@ def signs(backgrounds: list[Path], folder: Path, words: list[str], font_file: st
         made.append(folder / f"sign{index:02d}_{size}px.jpg")
         image.save(made[-1], quality=85)
     return made
+
+
+SKIMAGE_PHOTOS = (  # scikit-image sample photos (no text in them; checked by OCR in the benchmark)
+    "astronaut", "brick", "camera", "cat", "coffee", "coins", "grass", "gravel", "hubble_deep_field",
+    "immunohistochemistry", "retina", "rocket", "cell", "moon", "horse",
+)  # fmt: skip
+SKIMAGE_WITH_TEXT = ("page", "text")  # a scanned page; a photo of a sign's text
+
+
+def real_photos(names=SKIMAGE_PHOTOS) -> list:
+    """(name, PIL image) of scikit-image's sample photos named and scikit-learn's two."""
+    import numpy as np
+    from PIL import Image
+
+    found = []
+    try:
+        import skimage.data
+    except ImportError:
+        skimage = None
+    for name in names if skimage else ():
+        try:
+            pixels = np.asarray(getattr(skimage.data, name)())
+        except Exception:  # a sample this version lacks, or one it would download
+            continue
+        if pixels.dtype != np.uint8:
+            pixels = (pixels * 255 if pixels.max() <= 1 else pixels).astype(np.uint8)
+        found.append((f"skimage_{name}", Image.fromarray(pixels).convert("RGB")))
+    if names is SKIMAGE_PHOTOS:
+        found += [(f"sklearn_{index}", image) for index, image in enumerate(_sklearn_photos())]
+    return found
+
+
+def _sklearn_photos() -> list:
+    try:
+        from sklearn.datasets import load_sample_images
+    except ImportError:
+        return []
+    from PIL import Image
+
+    return [Image.fromarray(pixels) for pixels in load_sample_images().images]
+
+
+def save_photos(photos: list, folder: Path) -> list[Path]:
+    paths = []
+    for name, image in photos:
+        paths.append(folder / f"{name}.jpg")
+        image.save(paths[-1], quality=90)
+    return paths
+
+
+def camera_size(photos: list, folder: Path, count: int, size=(4000, 3000)) -> list[Path]:
+    """`count` camera-size JPEGs (q90) made from the photos given, in turn, each with its own
+    sensor noise, so that its file and its decoding cost are a phone photo's."""
+    import numpy as np
+    from PIL import Image
+
+    paths = []
+    for index in range(count):
+        name, image = photos[index % len(photos)]
+        big = np.asarray(image.convert("RGB").resize(size, Image.BICUBIC), dtype=np.int16)
+        noise = np.random.default_rng(index).normal(0, 3, big.shape[:2])[:, :, None]
+        paths.append(folder / f"IMG_{index:04d}_{name}.jpg")
+        Image.fromarray((big + noise).clip(0, 255).astype(np.uint8)).save(paths[-1], quality=90)
+    return paths

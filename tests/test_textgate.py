@@ -68,6 +68,37 @@ def test_photos_without_text_do_not_pass(tmp_path):
         assert not gate(photo(tmp_path / f"smooth{seed}.jpg", seed=seed, size=(1600, 1200)))
 
 
+def plate(seed: int) -> Image.Image:
+    """A plate on a table, seen from above at an angle: a dark rim (one edge up, one down, never
+    strokes) with calm table and calm plate on either side, where the cell test alone saw a line."""
+    rng = np.random.default_rng(seed)
+    image = Image.new("RGB", (1600, 1200), tuple(int(v) for v in rng.uniform(100, 200, 3)))
+    draw = ImageDraw.Draw(image)
+    x, y, width = rng.uniform(100, 400), rng.uniform(100, 300), rng.uniform(800, 1100)
+    height = width * rng.uniform(0.5, 0.7)
+    draw.ellipse((x, y, x + width, y + height), outline=(30, 30, 30), width=14)
+    draw.ellipse((x + 100, y + 80, x + width - 100, y + height - 80), fill=(230, 230, 220))
+    return image.filter(ImageFilter.GaussianBlur(1))
+
+
+def test_the_edge_of_an_object_is_not_a_line_of_text(tmp_path):
+    for seed in range(6):
+        plate(seed).save(tmp_path / f"plate{seed}.jpg", quality=88)
+        assert not gate(tmp_path / f"plate{seed}.jpg"), seed
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_big_letters_on_a_small_photo_pass(tmp_path, seed):
+    """Letters taller than the rows the gate looks through for calm background (56 px on a
+    640x480 photo, read at full size): found at half scale."""
+    image = scene((640, 480), seed=seed)
+    ImageDraw.Draw(image).text(
+        (40, 200), "invoice 4471 paid", fill=(250, 250, 250), font=ImageFont.load_default(size=56)
+    )
+    image.save(tmp_path / "big.jpg", quality=88)
+    assert gate(tmp_path / "big.jpg")
+
+
 def test_a_photo_turned_away_never_reaches_the_detection_pass(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(ocr, "read_text", lambda image: calls.append(image.size) or "")

@@ -16,12 +16,15 @@ patch of texture:
   (a few words); or it is a block of BLOCK_CELLS cells or more (a paragraph, a page turned
   sideways), where the lines have run together.
 
-Measured on real photos without text (scikit-image's, OpenCV's samples, desktop wallpapers), this
-turns away about 9 in 10 of the photos the cell test alone let through (bench_mediatext prints the
-rate per set).  What still passes is a regular texture in rows (windows of a block of flats, a
-printed circuit board, gravel on a flat ground), which pays for the detection pass and finds
-nothing.  Text it misses: a single short word (less than LINE_CELLS cells long at this scale), and
-text with little contrast to its background (black on a dark photo).
+The copy is searched at its own scale and at half of it, for letters too tall for REACH.
+
+Measured on real photos without text (scikit-image's and OpenCV's samples, desktop wallpapers),
+it lets through about 1 in 6, where the cell test alone let through more than half
+(bench_mediatext prints the rate per set).  What still passes is a regular texture in rows
+(windows of a block of flats, a printed circuit board, coins, stones on flat ground), which pays
+for the detection pass and finds nothing.  Text it misses: a single short word (less than
+LINE_CELLS cells long at this scale), text with little contrast to its background (black on a
+dark photo), a line broken up by a busy background behind it.
 
 `RECALL_OCR=always` skips the gate (the detection pass then runs on every image).
 """
@@ -39,6 +42,7 @@ SWING = 0.45  # a region's mean of (smaller of rises and falls) / (larger), per 
 LINE_CELLS = 5  # cells a line of text spans at least (40 px of the copy: a few words)
 ASPECT = 8.0  # ... and how many times its height (in rows) its length (in px) is at least
 BLOCK_CELLS = 120  # cells of a region that is a block of text whatever its shape
+HALF_FROM = 64  # shortest side of a copy that is also searched at half scale
 
 
 def gate_copy(image):
@@ -71,11 +75,23 @@ def _orientation(image) -> int:
 
 
 def might_hold_text(pixels) -> bool:
-    """True when a greyscale copy (as gate_copy makes) has at least one line of text in it."""
-    import numpy as np
-
+    """True when a greyscale copy (as gate_copy makes) has at least one line of text in it, at its
+    own scale or at half of it (letters taller than REACH rows have no calm within reach of their
+    middle: at half scale they do)."""
     if pixels.ndim != 2 or min(pixels.shape) < 3:
         return False
+    if _has_a_line(pixels):
+        return True
+    if min(pixels.shape) < HALF_FROM:
+        return False
+    height, width = (side - side % 2 for side in pixels.shape)
+    half = pixels[:height, :width].reshape(height // 2, 2, width // 2, 2).mean(axis=(1, 3))
+    return _has_a_line(half)
+
+
+def _has_a_line(pixels) -> bool:
+    import numpy as np
+
     signed = np.diff(pixels, axis=1)
     height, width = signed.shape
     width -= width % CELL
