@@ -12,7 +12,7 @@ from mediafiles import photo, text_image
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from recall_cli.models.mediatext import describe, ocr
-from recall_cli.models.mediatext.textgate import gate_copy, might_hold_text
+from recall_cli.models.mediatext.textgate import gate_copy, might_hold_text, text_rows
 
 
 def gate(path: Path) -> bool:
@@ -101,7 +101,7 @@ def test_big_letters_on_a_small_photo_pass(tmp_path, seed):
 
 def test_a_photo_turned_away_never_reaches_the_detection_pass(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(ocr, "read_text", lambda image: calls.append(image.size) or "")
+    monkeypatch.setattr(ocr, "read_text", lambda image, rows=None: calls.append(image.size) or "")
     plain = photo(tmp_path / "plain.jpg", seed=1, size=(1600, 1200))
     describe(plain, "image")
     assert calls == []
@@ -110,6 +110,22 @@ def test_a_photo_turned_away_never_reaches_the_detection_pass(tmp_path, monkeypa
     monkeypatch.setenv("RECALL_OCR", "always")  # the setting that runs detection on every image
     describe(plain, "image")
     assert len(calls) == 2
+
+
+def test_detection_reads_only_the_rows_around_the_lines(tmp_path, monkeypatch):
+    """A sign in a photo: the detection pass reads a band of rows around its line (not the whole
+    photo), and the words are read from it."""
+    path = sign(tmp_path / "sign.jpg", 28, seed=3, panel=True)  # the line at y 700-740 of 1200
+    with Image.open(path) as image:
+        rows = text_rows(image)
+    assert rows and sum(end - start for start, end in rows) < 0.5
+    assert any(start * 1200 <= 700 and end * 1200 >= 740 for start, end in rows)
+    bands_read = []
+    detect = ocr._detect
+    monkeypatch.setattr(ocr, "_detect", lambda det, small, bands: bands_read.append(bands) or detect(det, small, bands))
+    text = describe(path, "image").text
+    assert bands_read == [rows]
+    assert "departures" in text and "porto" in text
 
 
 def test_a_sideways_photo_is_read_upright(tmp_path):

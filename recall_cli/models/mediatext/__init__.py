@@ -67,7 +67,8 @@ def _facts(path: Path, modality: str) -> tuple[dict, list[str]]:
 
 def read_image_text(path: Path) -> tuple[str, str | None]:
     """(the text OCR reads in an image file, a note when it could not), as an index run reads it:
-    the cheap text test first (textgate.py), then detection, then recognition where text was found."""
+    the cheap text test first (textgate.py), then detection on the rows where it found lines, then
+    recognition where text was found."""
     from recall_cli.models.mediatext import ocr
 
     if not ocr.enabled():
@@ -80,15 +81,17 @@ def read_image_text(path: Path) -> tuple[str, str | None]:
         from recall_cli.models.mediatext.exif import _register_heif
 
         _register_heif()
+        rows = None  # the whole image
         if ocr.gated():
-            from recall_cli.models.mediatext.textgate import gate_copy, might_hold_text
+            from recall_cli.models.mediatext.textgate import text_rows
 
             with Image.open(path) as image:
-                if not might_hold_text(gate_copy(image)):
-                    return "", None  # a photo without text: a few ms, no detection pass
+                rows = text_rows(image)
+            if not rows:
+                return "", None  # a photo without text: a few ms, no detection pass
         with Image.open(path) as image:
             image.draft("RGB", (4096, 4096))  # a JPEG decodes at a fraction of its size when that suffices
-            return ocr.read_text(ImageOps.exif_transpose(image))[:MAX_TEXT], None
+            return ocr.read_text(ImageOps.exif_transpose(image), rows)[:MAX_TEXT], None
     except Exception as error:  # an image OCR cannot read still has its name and metadata
         return "", f"OCR failed ({type(error).__name__})"
 

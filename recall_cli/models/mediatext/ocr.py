@@ -2,8 +2,9 @@
 download at run time).
 
 Cost control: a photo without text must stay cheap.  A test of a few milliseconds on a small
-grey copy (textgate.py) decides whether the detection pass runs; that pass, on a copy no larger
-than DETECT_SIDE pixels, decides whether recognition runs at all; recognition then reads only the boxes
+grey copy (textgate.py) decides whether the detection pass runs, and on which bands of rows (where
+it found lines, with room around them); that pass, on a copy no larger than DETECT_SIDE pixels,
+decides whether recognition runs at all; recognition then reads only the boxes
 found, cropped from the full-resolution image, so small text is read at its real size.  The engine
 is loaded once per process, on the first image that needs it.
 
@@ -51,8 +52,10 @@ def available() -> bool:
     return importlib.util.find_spec("rapidocr_onnxruntime") is not None
 
 
-def read_text(image) -> str:
-    """The text in a PIL image, lines top to bottom, or "" when the detection pass finds none."""
+def read_text(image, rows=None) -> str:
+    """The text in a PIL image, lines top to bottom, or "" when the detection pass finds none.
+    `rows`: the bands of rows (fractions of the height, as the text gate gives them) the detection
+    pass reads; None reads the whole image."""
     import numpy as np
 
     pixels = np.asarray(image.convert("RGB"))[:, :, ::-1]  # the engine works in OpenCV's BGR
@@ -60,14 +63,30 @@ def read_text(image) -> str:
     scale = min(1.0, DETECT_SIDE / max(pixels.shape[:2]))
     small = pixels if scale == 1.0 else _resized(pixels, scale)
     with _lock:  # onnxruntime sessions are shared; one image at a time per process
-        boxes, _ = detector(small)
-        if boxes is None or len(boxes) == 0:
+        boxes = _detect(detector, small, rows or [(0.0, 1.0)])
+        if not len(boxes):
             return ""
-        boxes = reading_order(np.asarray(boxes[:MAX_BOXES], dtype=np.float32) / scale)
+        boxes = reading_order(boxes[:MAX_BOXES] / scale)
         crops = engine.get_crop_img_list(pixels, boxes)
         recognised, _ = engine.text_rec(crops)
     lines = [text for text, score in recognised if score >= MIN_SCORE and text.strip()]
     return "\n".join(with_splits(split_glued(line)) for line in lines)
+
+
+def _detect(detector, small, rows):
+    """Text boxes (N x 4 corners, in `small`'s pixels) found in each band of rows of it."""
+    import numpy as np
+
+    found = []
+    height = small.shape[0]
+    for start, end in rows:
+        top, bottom = int(start * height), min(height, int(np.ceil(end * height)))
+        if bottom - top < 8:
+            continue
+        boxes, _ = detector(small[top:bottom])
+        if boxes is not None and len(boxes):
+            found.append(np.asarray(boxes, dtype=np.float32) + np.array([0, top], dtype=np.float32))
+    return np.concatenate(found) if found else np.zeros((0, 4, 2), dtype=np.float32)
 
 
 def reading_order(boxes):

@@ -43,6 +43,8 @@ LINE_CELLS = 5  # cells a line of text spans at least (40 px of the copy: a few 
 ASPECT = 8.0  # ... and how many times its height (in rows) its length (in px) is at least
 BLOCK_CELLS = 120  # cells of a region that is a block of text whatever its shape
 HALF_FROM = 64  # shortest side of a copy that is also searched at half scale
+WHOLE = 0.6  # bands that cover more of the height than this: the detection pass reads it all
+ROOM = 2 * REACH  # rows of room above and below a line in its band: the letters whose edges were found, whole
 
 
 def gate_copy(image):
@@ -74,35 +76,73 @@ def _orientation(image) -> int:
         return 1
 
 
+def text_rows(image) -> list[tuple[float, float]]:
+    """Where the lines of text are in an open PIL image: bands of rows, as fractions of its height
+    from the top of the photo as seen (EXIF orientation applied), with room above and below; []
+    when it holds no text.  OCR's detection pass then reads only these bands."""
+    pixels = gate_copy(image)
+    bands = line_bands(pixels)
+    if bands and _orientation(image) not in (1, 2):  # turned or flipped: the rows are not the stored rows
+        return [(0.0, 1.0)]
+    return bands
+
+
 def might_hold_text(pixels) -> bool:
-    """True when a greyscale copy (as gate_copy makes) has at least one line of text in it, at its
-    own scale or at half of it (letters taller than REACH rows have no calm within reach of their
-    middle: at half scale they do)."""
+    """True when a greyscale copy (as gate_copy makes) has at least one line of text in it."""
+    return bool(line_bands(pixels))
+
+
+def line_bands(pixels) -> list[tuple[float, float]]:
+    """The bands of a copy (fractions of its height) around its lines of text, found at its own
+    scale or at half of it (letters taller than REACH rows have no calm within reach of their
+    middle: at half scale they do); [] when there is no line."""
     if pixels.ndim != 2 or min(pixels.shape) < 3:
-        return False
-    if _has_a_line(pixels):
-        return True
-    if min(pixels.shape) < HALF_FROM:
-        return False
-    height, width = (side - side % 2 for side in pixels.shape)
-    half = pixels[:height, :width].reshape(height // 2, 2, width // 2, 2).mean(axis=(1, 3))
-    return _has_a_line(half)
+        return []
+    scales = [(pixels, _line_regions(pixels))]
+    if min(pixels.shape) >= HALF_FROM:
+        height, width = (side - side % 2 for side in pixels.shape)
+        half = pixels[:height, :width].reshape(height // 2, 2, width // 2, 2).mean(axis=(1, 3))
+        scales.append((half, _line_regions(half)))
+    if not any(_looks_like_text(region) for _, regions in scales for region in regions):
+        return []
+    spans = [  # the lines found at either scale, in rows of the copy
+        (top * len(pixels) // len(copy), rows * len(pixels) // len(copy), ROOM * len(pixels) // len(copy))
+        for copy, regions in scales
+        for top, rows, _, _, swing in regions
+        if swing >= SWING
+    ]
+    return _bands(spans, len(pixels))
 
 
-def _has_a_line(pixels) -> bool:
+def _bands(spans, height: int) -> list[tuple[float, float]]:
+    """Row bands around the (top, rows, room) spans of regions whose strokes look like letters (the
+    lines that passed, and shorter ones beside them: a one-word line of a receipt), with that room
+    above and below, merged where they meet; the whole height when they cover most of it."""
+    merged: list[list[int]] = []
+    for start, end in sorted((max(0, top - room), min(height, top + rows + room)) for top, rows, room in spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    if sum(end - start for start, end in merged) > WHOLE * height:
+        return [(0.0, 1.0)]
+    return [(start / height, end / height) for start, end in merged]
+
+
+def _line_regions(pixels) -> list[tuple[int, int, int, int, float]]:
     import numpy as np
 
     signed = np.diff(pixels, axis=1)
     height, width = signed.shape
     width -= width % CELL
-    if width < CELL * RUN:
-        return bool(np.abs(signed).max(initial=0) > BUSY)  # a sliver: let the detection pass decide
+    if width < CELL * RUN:  # a sliver: let the detection pass decide
+        return [(0, height, RUN, BLOCK_CELLS, 1.0)] if np.abs(signed).max(initial=0) > BUSY else []
     shape = (height, width // CELL, CELL)
     rises = signed[:, :width].clip(min=0).reshape(shape).sum(axis=2)
     falls = (-signed[:, :width]).clip(min=0).reshape(shape).sum(axis=2)
     cells = (rises + falls) / CELL  # mean |horizontal step| per cell
     swing = np.minimum(rises, falls) / np.maximum(np.maximum(rises, falls), 1e-6)
-    return any(_looks_like_text(region) for region in _regions(_line_cells(cells), swing))
+    return _regions(_line_cells(cells), swing)
 
 
 def _line_cells(cells):
@@ -122,7 +162,7 @@ def _line_cells(cells):
 
 
 def _regions(covered, swing):
-    """(rows, cells long, cells, mean swing) of each 8-connected region of line cells."""
+    """(top row, rows, cells long, cells, mean swing) of each 8-connected region of line cells."""
     import cv2
     import numpy as np
 
@@ -132,6 +172,7 @@ def _regions(covered, swing):
     swing_sums = np.bincount(labels.ravel(), weights=swing.ravel(), minlength=count)
     return [
         (
+            int(stats[label, cv2.CC_STAT_TOP]),
             int(stats[label, cv2.CC_STAT_HEIGHT]),
             int(stats[label, cv2.CC_STAT_WIDTH]),
             int(stats[label, cv2.CC_STAT_AREA]),
@@ -142,7 +183,7 @@ def _regions(covered, swing):
 
 
 def _looks_like_text(region) -> bool:
-    rows, long, cells, swing = region
+    _, rows, long, cells, swing = region
     if swing < SWING:
         return False
     return (long >= LINE_CELLS and long * CELL >= ASPECT * rows) or cells >= BLOCK_CELLS
