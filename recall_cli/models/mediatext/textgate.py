@@ -19,7 +19,8 @@ patch of texture:
 The copy is searched at its own scale and at half of it, for letters too tall for REACH.
 
 Measured on real photos without text (scikit-image's and OpenCV's samples, desktop wallpapers),
-it lets through about 1 in 6, where the cell test alone let through more than half
+it lets through 1 in 20 to 1 in 3 depending on the set (16% of held-out wallpapers), where the
+cell test alone let through more than half
 (bench_mediatext prints the rate per set).  What still passes is a regular texture in rows
 (windows of a block of flats, a printed circuit board, coins, stones on flat ground), which pays
 for the detection pass and finds nothing.  Text it misses: a single short word (less than
