@@ -11,8 +11,8 @@ MiniLM, docstring corpus (one doc per file), the real indexer in this process (m
   * bare encoder: the same units through the same model and batch size, nothing else;
   * `recall index --full` at the default precision and in fp32; fixed:3; a fixed mix; the
     predictor policy (trained on other docstrings), each next to its ideal (full / blocks run);
-  * full and fixed:3 again with encoding overlapped (RECALL_OVERLAP=1, off by default): what the
-    overlap queue (index/overlap.py) gains or loses;
+  * full and fixed:3 again with encoding overlapped (RECALL_OVERLAP=1, off by default) in batches
+    of 64 files: what the overlap queue (index/overlap.py) gains or loses;
   * a stage profile of the predictor policy and of full depth (shares of wall time).
 ImageBind-Huge (random weights, vision), generated photos, the real indexer: fp32 and bf16 at full
 depth, bf16 `fixed:16`, and the bare bf16 encoder.  Not in --quick.
@@ -43,12 +43,18 @@ def log(message: str) -> None:
 
 def _index_arm(files: Path, db: Path, model: str, dtype: str, policy: str, overlap: bool = False):
     """One run of the real indexer into a fresh index: the units and blocks it did.  `overlap`
-    True: encoding overlapped with decoding and writes (RECALL_OVERLAP=1), to measure the queue."""
+    True: encoding overlapped with decoding and writes (RECALL_OVERLAP=1), to measure the queue,
+    in the media batch size (256 units or 64 files): the whole text corpus fits in one text batch,
+    which leaves the queue nothing to overlap."""
+    from recall_cli.index import indexer
     from recall_cli.index.indexer import IndexOptions, index_roots
     from recall_cli.index.overlap import OVERLAP_ENV
 
     def run() -> dict:
         os.environ[OVERLAP_ENV] = "1" if overlap else "0"
+        text_bounds = indexer.TEXT_FLUSH_UNITS, indexer.TEXT_FLUSH_FILES
+        if overlap:
+            indexer.TEXT_FLUSH_UNITS, indexer.TEXT_FLUSH_FILES = indexer.FLUSH_UNITS, indexer.FLUSH_FILES
         shutil.rmtree(db, ignore_errors=True)
         if policy == "predictor":
             db.mkdir(parents=True)
@@ -60,6 +66,7 @@ def _index_arm(files: Path, db: Path, model: str, dtype: str, policy: str, overl
             summary = index_roots([str(files)], db, options)
         finally:
             os.environ.pop(OVERLAP_ENV, None)
+            indexer.TEXT_FLUSH_UNITS, indexer.TEXT_FLUSH_FILES = text_bounds
         return {
             "files": summary.added,
             "units": summary.units_encoded,
