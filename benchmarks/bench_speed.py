@@ -1,20 +1,24 @@
-"""Indexing speed, measured honestly: `python -m benchmarks.bench_speed [--quick]`.
+"""Indexing speed, measured honestly: `python -m benchmarks.bench_speed [--quick] [--minilm] [--rounds N]`.
 
-Every comparison alternates its arms (A B C ... A B C ..., `--rounds`, at least 2), reports the
-median, the spread ((max - min) / median) and CPU seconds per file beside wall time, and checks
-the machine's load first: a busy machine marks every table "BUSY" (do not publish those timings).
+Every comparison alternates its arms (A B C ... A B C ..., `--rounds`, at least 2, default 3),
+reports the median, the spread ((max - min) / median) and CPU seconds per file beside wall time,
+gives each ratio as the median of its per-round ratios with their range (a 5% question needs a
+range narrower than 5%: add rounds), and checks the machine's load first: a busy machine marks
+every table "BUSY" (do not publish those timings).  `--minilm`: the MiniLM section alone (written
+to results/speed-minilm.*), the form to repeat with many rounds.
 
 MiniLM, docstring corpus (one doc per file), the real indexer in this process (model loaded once):
   * bare encoder: the same units through the same model and batch size, nothing else;
   * `recall index --full` at the default precision and in fp32; fixed:3; a fixed mix; the
     predictor policy (trained on other docstrings), each next to its ideal (full / blocks run);
-  * full and fixed:3 again with encoding overlapped (RECALL_OVERLAP=1, off by default): what the
-    overlap queue (index/overlap.py) gains or loses;
+  * full and fixed:3 again with encoding overlapped (RECALL_OVERLAP=1, off by default) in batches
+    of 64 files: what the overlap queue (index/overlap.py) gains or loses;
   * a stage profile of the predictor policy and of full depth (shares of wall time).
 ImageBind-Huge (random weights, vision), generated photos, the real indexer: fp32 and bf16 at full
 depth, bf16 `fixed:16`, and the bare bf16 encoder.  Not in --quick.
 
-Expected run time on 2 quiet cores: --quick ~3 minutes; default ~11 minutes (MiniLM ~4, Huge ~7).
+Expected run time on 2 quiet cores: --quick ~2 minutes; default (3 rounds) ~8 minutes (MiniLM
+~1 minute to set up and ~45 s a round, Huge ~1.5 minutes a round); `--minilm --rounds 8` ~7 minutes.
 """
 
 from __future__ import annotations
@@ -39,12 +43,18 @@ def log(message: str) -> None:
 
 def _index_arm(files: Path, db: Path, model: str, dtype: str, policy: str, overlap: bool = False):
     """One run of the real indexer into a fresh index: the units and blocks it did.  `overlap`
-    True: encoding overlapped with decoding and writes (RECALL_OVERLAP=1), to measure the queue."""
+    True: encoding overlapped with decoding and writes (RECALL_OVERLAP=1), to measure the queue,
+    in the media batch size (256 units or 64 files): the whole text corpus fits in one text batch,
+    which leaves the queue nothing to overlap."""
+    from recall_cli.index import indexer
     from recall_cli.index.indexer import IndexOptions, index_roots
     from recall_cli.index.overlap import OVERLAP_ENV
 
     def run() -> dict:
         os.environ[OVERLAP_ENV] = "1" if overlap else "0"
+        text_bounds = indexer.TEXT_FLUSH_UNITS, indexer.TEXT_FLUSH_FILES
+        if overlap:
+            indexer.TEXT_FLUSH_UNITS, indexer.TEXT_FLUSH_FILES = indexer.FLUSH_UNITS, indexer.FLUSH_FILES
         shutil.rmtree(db, ignore_errors=True)
         if policy == "predictor":
             db.mkdir(parents=True)
@@ -56,6 +66,7 @@ def _index_arm(files: Path, db: Path, model: str, dtype: str, policy: str, overl
             summary = index_roots([str(files)], db, options)
         finally:
             os.environ.pop(OVERLAP_ENV, None)
+            indexer.TEXT_FLUSH_UNITS, indexer.TEXT_FLUSH_FILES = text_bounds
         return {
             "files": summary.added,
             "units": summary.units_encoded,
@@ -66,36 +77,66 @@ def _index_arm(files: Path, db: Path, model: str, dtype: str, policy: str, overl
     return run
 
 
-def _bare_arm(model, modality: str, units: list):
-    """The encoder alone: the same units, the same batch size, sorted as the pipeline sorts them."""
+def _bare_arm(model, modality: str, units_per_file: list[list]):
+    """The encoder alone: the same units, the same batch size, sorted as the pipeline sorts them
+    (by length within each flush of the index run: index/indexer.py gathers files into flushes and
+    index/pipeline.py sorts each by length).  Sorting across the whole corpus instead, as this arm
+    did before, gave it 5% fewer padded tokens than the pipeline could have on 200 docstrings in
+    flushes of 64 files: a saving of batching, not of the work around the model."""
     from recall_cli.modalities import batch_size
 
     size = batch_size(modality)
-    data = [unit.data for unit in units]
+    windows = [[unit.data for unit in window] for window in _flush_windows(units_per_file)]
     if modality == "text":
-        data.sort(key=len)
+        windows = [sorted(window, key=len) for window in windows]
+    n_files, n_units = len(units_per_file), sum(len(window) for window in windows)
 
     def run() -> dict:
-        for start in range(0, len(data), size):
-            model.encode(modality, data[start : start + size])
-        return {"files": len(units), "units": len(units), "blocks_run": 0, "blocks_full": 0}
+        for window in windows:
+            for start in range(0, len(window), size):
+                model.encode(modality, window[start : start + size])
+        return {"files": n_files, "units": n_units, "blocks_run": 0, "blocks_full": 0}
 
     return run
 
 
+def _flush_windows(units_per_file: list[list]) -> list[list]:
+    """The units in the flushes an index run makes of these files, in order (indexer._pending_full)."""
+    from recall_cli.index import indexer
+
+    windows, window, files, text_only = [], [], 0, True
+    for units in units_per_file:
+        window += units
+        files += 1
+        text_only = text_only and all(isinstance(unit.data, str) for unit in units)
+        unit_limit = indexer.TEXT_FLUSH_UNITS if text_only else indexer.FLUSH_UNITS
+        file_limit = indexer.TEXT_FLUSH_FILES if text_only else indexer.FLUSH_FILES
+        if len(window) >= unit_limit or files >= file_limit:
+            windows.append(window)
+            window, files, text_only = [], 0, True
+    return windows + ([window] if window else [])
+
+
 def _profile_shares(run) -> dict:
-    """One extra run under the stage profiler: stage -> share of wall time."""
+    """One extra run under the stage profiler: stage -> (share of wall time, CPU seconds)."""
     from recall_cli import profiling
 
     profile = profiling.start()
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     try:
         run()
     finally:
         profiling.stop()
-    wall = time.perf_counter() - started
-    shares = {name: seconds / wall for name, seconds in sorted(profile.seconds.items(), key=lambda kv: -kv[1])}
-    shares["(not in a stage)"] = max(0.0, 1 - sum(shares.values()))
+    wall, cpu = time.perf_counter() - started, time.process_time() - started_cpu
+    shares = {
+        name: (seconds / wall, profile.cpu_seconds.get(name, 0.0))
+        for name, seconds in sorted(profile.seconds.items(), key=lambda kv: -kv[1])
+    }
+    shares["(not in a stage)"] = (
+        max(0.0, 1 - sum(share for share, _ in shares.values())),
+        max(0.0, cpu - sum(profile.cpu_seconds.values())),
+    )
+    shares["(whole run)"] = (1.0, cpu)
     return shares
 
 
@@ -123,11 +164,21 @@ def _train_predictor(records: list[dict], model, path: Path) -> None:
 
 
 def _rows(label: str, measured: dict, reference: str, bare: str | None) -> list[list]:
+    from .common import paired_ratio
+
+    def ratio(a: str, b: str, key: str = "runs") -> dict:
+        return paired_ratio(measured[a][key], measured[b][key])
+
+    def shown(r: dict) -> str:
+        return f"{r['median']:.3f} [{r['low']:.2f}-{r['high']:.2f}]"
+
     rows = []
     for name, r in measured.items():
         skipped = r.get("blocks_run") and r["blocks_run"] < r["blocks_full"]
         ideal = r["blocks_full"] / r["blocks_run"] if skipped else None  # only arms that skip blocks
-        speedup = measured[reference]["seconds"] / r["seconds"]
+        speedup = ratio(reference, name)
+        cpu_speedup = ratio(reference, name, "cpu_runs")["median"]
+        to_bare = ratio(bare, name) if bare and name != bare else None
         rows.append(
             [
                 label,
@@ -137,10 +188,13 @@ def _rows(label: str, measured: dict, reference: str, bare: str | None) -> list[
                 f"{r['spread']:.0%}",
                 round(r["units"] / r["seconds"], 2),
                 round(r["cpu_seconds"] / max(r["files"], 1), 3),
-                round(speedup, 3),
+                shown(speedup),
+                round(cpu_speedup, 3),
                 round(ideal, 3) if ideal else "-",
-                round(speedup / ideal, 3) if ideal else "-",
-                round(measured[bare]["seconds"] / r["seconds"], 3) if bare and name != bare else "-",
+                round(speedup["median"] / ideal, 3) if ideal else "-",
+                round(cpu_speedup / ideal, 3) if ideal else "-",
+                shown(to_bare) if to_bare else "-",
+                round(ratio(bare, name, "cpu_runs")["median"], 3) if to_bare else "-",
                 f"{r['others_share']:.0%}" + (" BUSY" if r["busy"] else ""),
             ]
         )
@@ -155,10 +209,13 @@ HEADERS = [
     "spread",
     "units/s",
     "CPU s/file",
-    "speed-up",
+    "speed-up [range]",
+    "CPU speed-up",
     "ideal",
     "of ideal",
-    "x bare rate",
+    "of ideal (CPU)",
+    "x bare rate [range]",
+    "x bare (CPU)",
     "others' CPU (worst run)",
 ]
 
@@ -179,14 +236,15 @@ def minilm_section(work: Path, quick: bool, rounds: int) -> dict:
     _train_predictor(
         records[n_files : n_files + (150 if quick else 400)], model, files.parent / "predictor.safetensors"
     )
-    units = [unit for path in sorted(files.iterdir()) for unit in model.file_units(path, "text")]
+    units_per_file = [model.file_units(path, "text") for path in sorted(files.iterdir())]  # the scan's order
+    units = [unit for units in units_per_file for unit in units]
     warm = work / "docs" / "warm"  # loading each precision's model is not part of any timing
     warm.mkdir()
     for r in records[n_files : n_files + 2]:
         (warm / f"{r['id']}.txt").write_text(r["doc"], encoding="utf-8")
     for dtype in (default, "fp32"):
         index_roots([str(warm)], work / f"warm-{dtype}", IndexOptions(model="minilm", dtype=dtype, full=True))
-    arms = {"bare encoder": _bare_arm(model, "text", units)}
+    arms = {"bare encoder": _bare_arm(model, "text", units_per_file)}
     for policy in ("full", "fixed:3", MIX, "predictor"):
         arms[policy] = _index_arm(files, work / "db", "minilm", default, policy)
     arms["full (overlapped)"] = _index_arm(files, work / "db", "minilm", default, "full", overlap=True)
@@ -249,21 +307,21 @@ def huge_section(work: Path, quick: bool, rounds: int) -> dict:
         model.trunk("image")
         models._LOADED[("imagebind-huge", None, precision_key(dtype), None)] = model
     bf16 = models._LOADED[("imagebind-huge", None, precision_key("bf16"), None)]
-    units = [unit for path in sorted(files.iterdir()) for unit in bf16.file_units(path, "image")]
+    units_per_file = [bf16.file_units(path, "image") for path in sorted(files.iterdir())]
     arms = {
-        "bare encoder (bf16)": _bare_arm(bf16, "image", units),
+        "bare encoder (bf16)": _bare_arm(bf16, "image", units_per_file),
         "full (fp32)": _index_arm(files, work / "db-huge", "imagebind-huge", "fp32", "full"),
         "full (bf16)": _index_arm(files, work / "db-huge", "imagebind-huge", "bf16", "full"),
         f"{HUGE_POLICY} (bf16)": _index_arm(files, work / "db-huge", "imagebind-huge", "bf16", HUGE_POLICY),
         "full (bf16, overlapped)": _index_arm(files, work / "db-huge", "imagebind-huge", "bf16", "full", overlap=True),
     }
-    _bare_arm(bf16, "image", units[:1])()  # first-call warm-up of the kernels
+    _bare_arm(bf16, "image", units_per_file[:1])()  # first-call warm-up of the kernels
     log(f"imagebind-huge: {n_images} photos, {rounds} rounds")
     measured = alternate(arms, rounds, log)
     return {"measured": measured}
 
 
-def main(quick: bool = False, rounds: int = 2) -> str:
+def main(quick: bool = False, rounds: int = 3, minilm_only: bool = False) -> str:
     import torch
 
     rounds = max(2, rounds)
@@ -279,14 +337,14 @@ def main(quick: bool = False, rounds: int = 2) -> str:
     work = Path(tempfile.mkdtemp(prefix="recall-bench-speed-"))
     try:
         data["minilm"] = minilm_section(work, quick, rounds)
-        if not quick:
+        if not (quick or minilm_only):
             data["imagebind_huge"] = huge_section(work, quick, rounds)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     data["load_after"] = load_check(log)
     markdown = render(data)
     if not _busy(data) and not quick:
-        write_results("speed", json.loads(json.dumps(data, default=str)), markdown)
+        write_results("speed-minilm" if minilm_only else "speed", json.loads(json.dumps(data, default=str)), markdown)
     else:
         log("not written to benchmarks/results (quick run, or the machine was busy)")
     return markdown
@@ -314,20 +372,34 @@ def render(data: dict) -> str:
     md.append(markdown_table(HEADERS, rows))
     md.append(
         f"\nMiniLM's default precision here: {mini['precision']}. Speed-up: against `full` (MiniLM, default "
-        "precision) or `full (fp32)` (ImageBind-Huge). Ideal: full blocks / blocks run. x bare rate: the bare "
-        "encoder's time over the arm's (1.0 = nothing but the model).\n"
+        "precision) or `full (fp32)` (ImageBind-Huge), the median over rounds of the ratio within each round "
+        "[lowest-highest]: a difference inside that range is not settled by this run. CPU speed-up: the same "
+        "from the process's CPU seconds (every thread), which other work on the machine inflates far less "
+        "than wall time. Ideal: full blocks / blocks run. x bare rate: the bare encoder's time over the "
+        "arm's (1.0 = nothing but the model), paired by round the same way.\n"
     )
-    md.append("## Where the time goes (stage profile, share of wall time)\n")
-    names = sorted({name for shares in mini["profile_shares"].values() for name in shares})
+    md.append("## Where the time goes (stage profile: share of wall time, CPU seconds)\n")
+    profiles = mini["profile_shares"]
+    names = sorted({name for shares in profiles.values() for name in shares})
     md.append(
         markdown_table(
-            ["stage", *mini["profile_shares"]],
-            [[name, *(f"{shares.get(name, 0):.1%}" for shares in mini["profile_shares"].values())] for name in names],
+            ["stage", *(f"{policy} {kind}" for policy in profiles for kind in ("wall", "CPU s"))],
+            [
+                [name, *(cell for shares in profiles.values() for cell in _profile_cells(shares.get(name)))]
+                for name in names
+            ],
         )
     )
     return "\n".join(md)
 
 
+def _profile_cells(share) -> list[str]:
+    if share is None:
+        return ["0.0%", "0"]
+    wall_share, cpu = share if isinstance(share, list | tuple) else (share, None)
+    return [f"{wall_share:.1%}", "-" if cpu is None else f"{cpu:.3f}"]
+
+
 if __name__ == "__main__":
-    rounds = int(sys.argv[sys.argv.index("--rounds") + 1]) if "--rounds" in sys.argv else 2
-    print(main(quick="--quick" in sys.argv, rounds=rounds))
+    rounds = int(sys.argv[sys.argv.index("--rounds") + 1]) if "--rounds" in sys.argv else 3
+    print(main(quick="--quick" in sys.argv, rounds=rounds, minilm_only="--minilm" in sys.argv))

@@ -186,6 +186,7 @@ def alternate(arms: dict, rounds: int, log=None) -> dict:
         out[name] = {
             **measured[-1],
             "runs": walls,
+            "cpu_runs": [r["cpu_seconds"] for r in measured],
             "seconds": middle,
             "spread": (max(walls) - min(walls)) / middle if middle else 0.0,
             "cpu_seconds": statistics.median(r["cpu_seconds"] for r in measured),
@@ -193,3 +194,14 @@ def alternate(arms: dict, rounds: int, log=None) -> dict:
             "busy": any(r["others_share"] > BUSY_SHARE for r in measured),
         }
     return out
+
+
+def paired_ratio(numerator: list[float], denominator: list[float]) -> dict:
+    """The ratio numerator / denominator of two arms' runs, taken round by round (run i of one
+    arm against run i of the other, made a few seconds apart, so slow drift of the machine cancels):
+    the median over rounds, and the lowest and highest.  A difference smaller than the spread
+    between low and high is not settled by these rounds."""
+    ratios = sorted(a / b for a, b in zip(numerator, denominator, strict=True) if b > 0)
+    if not ratios:
+        return {"median": float("nan"), "low": float("nan"), "high": float("nan"), "rounds": 0}
+    return {"median": statistics.median(ratios), "low": ratios[0], "high": ratios[-1], "rounds": len(ratios)}

@@ -4,7 +4,9 @@ blocks, heads, INT4 packing, writes...), printed to stderr at the end.
 
 Off by default and then nearly free: `stage()` hands back one shared do-nothing context.  When on,
 a stage's time excludes the stages nested in it, so the shares add up to the wall time (stages run
-by a second thread at the same time add up to more)."""
+by a second thread at the same time add up to more).  Each stage also gets the process's CPU
+seconds (every thread, torch's included) spent while it ran: on a shared machine other work
+inflates wall time far more than CPU time, so CPU seconds are what compare across runs."""
 
 from __future__ import annotations
 
@@ -21,37 +23,44 @@ _NOTHING = contextlib.nullcontext()
 class Profile:
     def __init__(self):
         self.started = time.perf_counter()
+        self.started_cpu = time.process_time()
         self.seconds: dict[str, float] = {}
+        self.cpu_seconds: dict[str, float] = {}
         self.calls: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._local = threading.local()  # per thread: the open stages, as [name, start, nested seconds]
+        self._local = threading.local()  # per thread: open stages, [name, start, nested s, start CPU, nested CPU]
 
     @contextlib.contextmanager
     def stage(self, name: str):
         stack = self._local.__dict__.setdefault("stack", [])
-        frame = [name, time.perf_counter(), 0.0]
+        frame = [name, time.perf_counter(), 0.0, time.process_time(), 0.0]
         stack.append(frame)
         try:
             yield
         finally:
             stack.pop()
-            elapsed = time.perf_counter() - frame[1]
+            elapsed, elapsed_cpu = time.perf_counter() - frame[1], time.process_time() - frame[3]
             if stack:
                 stack[-1][2] += elapsed
+                stack[-1][4] += elapsed_cpu
             with self._lock:
                 self.seconds[name] = self.seconds.get(name, 0.0) + elapsed - frame[2]
+                self.cpu_seconds[name] = self.cpu_seconds.get(name, 0.0) + elapsed_cpu - frame[4]
                 self.calls[name] = self.calls.get(name, 0) + 1
 
     def report(self) -> str:
         wall = time.perf_counter() - self.started
-        accounted = sum(self.seconds.values())
+        cpu = time.process_time() - self.started_cpu
         rows = sorted(self.seconds.items(), key=lambda item: -item[1])
-        rows.append(("(not in a stage)", max(0.0, wall - accounted)))
-        lines = [f"profile: {wall:.2f} s wall, {time.process_time():.2f} s CPU (this process)"]
+        rows.append(("(not in a stage)", max(0.0, wall - sum(self.seconds.values()))))
+        outside_cpu = max(0.0, cpu - sum(self.cpu_seconds.values()))
+        lines = [f"profile: {wall:.2f} s wall, {cpu:.2f} s CPU (this process, every thread)"]
+        lines.append(f"  {'stage':<30} {'wall':>10}  {'share':>6}  {'CPU':>8}")
         for name, seconds in rows:
             calls = self.calls.get(name)
+            stage_cpu = self.cpu_seconds.get(name, outside_cpu)
             lines.append(
-                f"  {name:<30} {seconds:8.3f} s  {seconds / wall if wall else 0:6.1%}"
+                f"  {name:<30} {seconds:8.3f} s  {seconds / wall if wall else 0:6.1%}  {stage_cpu:6.3f} s"
                 + (f"  ({calls} calls)" if calls else "")
             )
         return "\n".join(lines)

@@ -166,3 +166,23 @@ def test_an_index_without_a_size_record_starts_counting_from_now(tmp_path):
     assert growth.compacted_bytes(db) is None  # written, never compacted (an index made before)
     assert not store.maintain_if_grown()
     assert growth.compacted_bytes(db) == growth.table_bytes(db)
+
+
+def test_writing_whole_files_appends_new_ones_and_replaces_known_ones(tmp_path):
+    # new files are appended without a merge; a file already in the table (an earlier run, or a
+    # run killed after its table write but before its manifest write) is replaced, never doubled
+    prepare_index_dir(tmp_path)
+    store = Store(tmp_path, dim=DIM)
+    first = rows(["a", "b"], 1)
+    store.upsert(first, whole_files=[row["path"] for row in first])
+    assert store.count() == 2
+    store.upsert(first, whole_files=[row["path"] for row in first])  # the same files again
+    assert store.count() == 2
+    again = rows(["b", "c"], 2)  # one known file, one new
+    store.upsert(again, whole_files=[row["path"] for row in again])
+    assert store.count() == 3
+    stored = {row["path"]: row["hash"] for row in store.table.search().limit(None).to_arrow().to_pylist()}
+    assert stored == {"/f/a.md": "a", "/f/b.md": "b", "/f/c.md": "c"}
+    seeds = {row["path"]: row["vector"] for row in again}
+    kept = store.rows_for_path("/f/b.md")
+    assert len(kept) == 1 and np.allclose(kept[0]["vector"], seeds["/f/b.md"])

@@ -72,3 +72,20 @@ def test_light_query_encoder_gives_the_torch_encoders_vectors(minilm):
     assert light.version == minilm.version and light.dim == minilm.dim
     assert abs(together - expected).max() < 1e-5
     assert abs(alone - expected).max() < 1e-5
+
+
+def test_chunks_carry_the_ids_they_tokenise_to_and_encode_the_same(minilm):
+    # chunks keep the ids of the file's own tokenisation only where that is exact (windows on word
+    # boundaries); a window that starts or ends inside a word tokenises differently on its own
+    words = ["antidisestablishmentarianism", "the", "photosynthesis", "lake,", "a", "red", "sunset."]
+    text = " ".join(words[i % 7] + ("" if i % 11 else "ly") for i in range(1500))
+    chunks = minilm.chunk_text(text)
+    carried = [chunk for chunk in chunks if hasattr(chunk, "token_ids")]
+    assert len(chunks) > 4 and carried and len(carried) < len(chunks)
+    for chunk in carried:
+        assert chunk.token_ids == minilm.tokenizer.encode(str(chunk)).ids
+    with torch.inference_mode():
+        kept = minilm.tokenize("text", chunks)
+        again = minilm.tokenize("text", [str(chunk) for chunk in chunks])
+    assert torch.equal(kept.mask, again.mask) and torch.equal(kept.hidden, again.hidden)
+    assert torch.equal(minilm.encode("text", chunks), minilm.encode("text", [str(chunk) for chunk in chunks]))

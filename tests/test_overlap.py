@@ -27,6 +27,8 @@ def small_batches(monkeypatch):
     monkeypatch.setenv(OVERLAP_ENV, "1")  # off by default: these tests are about the overlapped run
     monkeypatch.setattr(indexer, "FLUSH_UNITS", FLUSH)
     monkeypatch.setattr(indexer, "FLUSH_FILES", FLUSH)
+    monkeypatch.setattr(indexer, "TEXT_FLUSH_UNITS", FLUSH)
+    monkeypatch.setattr(indexer, "TEXT_FLUSH_FILES", FLUSH)
 
 
 def _tree(root):
@@ -113,3 +115,26 @@ def test_an_error_in_the_encoder_thread_stops_the_run_and_keeps_what_was_committ
     monkeypatch.setattr(pipeline, "encode_units", real_encode)
     summary = index_roots([str(root)], tmp_path / "db", IndexOptions(exit_policy="fixed:3"))
     assert summary.added == 18 - len(kept) and summary.failed == 0
+
+
+def test_text_is_written_in_larger_flushes_than_decoded_media(tmp_path, monkeypatch):
+    # text units are strings: a run gathers up to TEXT_FLUSH_FILES files per write (fewer,
+    # longer-sorted batches, less to compact); units holding decoded media keep the smaller bound
+    from types import SimpleNamespace
+
+    from recall_cli.index.overlap import PendingBatch
+
+    monkeypatch.setattr(indexer, "TEXT_FLUSH_FILES", 10)
+    monkeypatch.setattr(indexer, "FLUSH_FILES", 4)
+    writes = []
+    real_upsert = Store.upsert
+    monkeypatch.setattr(
+        Store, "upsert", lambda store, rows, **kw: (writes.append(len(rows)), real_upsert(store, rows, **kw))
+    )
+    write_files(tmp_path / "docs", {f"n{i:02d}.txt": f"note {i} about the lake" for i in range(25)})
+    summary = index_roots([str(tmp_path / "docs")], tmp_path / "db", IndexOptions(model="minilm", full=True))
+    assert summary.added == 25 and writes == [10, 10, 5]
+    media = PendingBatch(units=[("p", None)] * 4, files={f"f{i}": None for i in range(4)}, text_only=False)
+    assert indexer._IndexRun._pending_full(SimpleNamespace(pending=media))
+    media.text_only = True
+    assert not indexer._IndexRun._pending_full(SimpleNamespace(pending=media))

@@ -40,8 +40,9 @@ log = logging.getLogger("recall")
 
 FLUSH_UNITS = 256  # units encoded and written per batch: bounds memory and lost work on a crash
 FLUSH_FILES = 64
+TEXT_FLUSH_UNITS, TEXT_FLUSH_FILES = 1024, 256  # strings, not decoded media: less padding, less to compact
 if os.environ.get("RECALL_FLUSH_UNITS"):  # smaller batches: tests make kill -9 land during writes
-    FLUSH_UNITS = FLUSH_FILES = max(1, int(os.environ["RECALL_FLUSH_UNITS"]))
+    FLUSH_UNITS = FLUSH_FILES = TEXT_FLUSH_UNITS = TEXT_FLUSH_FILES = max(1, int(os.environ["RECALL_FLUSH_UNITS"]))
 
 
 def index_roots(
@@ -283,8 +284,15 @@ class _IndexRun:
             return
         self.pending.files[entry.path] = (entry, content_hash, modality, record is None)
         self.pending.units.extend((entry.path, unit) for unit in units)
-        if len(self.pending.units) >= FLUSH_UNITS or len(self.pending.files) >= FLUSH_FILES:
+        self.pending.text_only = self.pending.text_only and all(isinstance(unit.data, str) for unit in units)
+        if self._pending_full():
             self._flush(drain=False)
+
+    def _pending_full(self) -> bool:
+        text, units, files = self.pending.text_only, len(self.pending.units), len(self.pending.files)
+        return units >= (TEXT_FLUSH_UNITS if text else FLUSH_UNITS) or files >= (
+            TEXT_FLUSH_FILES if text else FLUSH_FILES
+        )
 
     def _flush(self, drain: bool = True) -> None:
         """Encode the pending units and commit them, after the batch encoded before them.  Not

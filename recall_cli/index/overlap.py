@@ -46,6 +46,7 @@ class PendingBatch:
 
     units: list = field(default_factory=list)  # (path, Unit)
     files: dict = field(default_factory=dict)  # path -> (FileEntry, hash, modality, is_new)
+    text_only: bool = True  # every unit's data is text (no decoded media): a larger batch is cheap
 
 
 @dataclass

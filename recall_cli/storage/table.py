@@ -133,11 +133,17 @@ class Store:
         if all(name in self.schema.names for name in TEXT_COLUMNS):
             rows = [{**row, **text_side(row)} for row in rows]
         data = pa.Table.from_pylist([to_stored(row) for row in rows], schema=self.schema)
-        merge = self.table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
         whole_files = list(whole_files)
-        # only when some of them have rows already: the delete clause makes the merge scan the
+        # the delete clause only when some of them have rows already: it makes the merge scan the
         # whole table (about 5x slower than a plain merge at 200k rows; the check is a cheap count)
-        if whole_files and self.table.count_rows(sql_in("path", whole_files)):
+        existing = self.table.count_rows(sql_in("path", whole_files)) if whole_files else None
+        if existing == 0 and {row["path"] for row in rows} <= set(whole_files):
+            # no row of these files exists, so no id can match: a plain append, without the
+            # merge's join on ids (0.17 s against 0.22 s of CPU for 670 rows with INT4 caches)
+            self.table.add(data)
+            return
+        merge = self.table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
+        if existing:
             merge = merge.when_not_matched_by_source_delete(sql_in("path", whole_files))
         merge.execute(data)
 
