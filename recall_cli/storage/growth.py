@@ -81,3 +81,43 @@ def grown_past_bound(db_dir: Path) -> bool:
         record_compacted(db_dir, size)
         return False
     return size > growth_limit(base)
+
+
+# Deleted rows stay inside their data fragment until a compaction rewrites it, and LanceDB's optimize
+# (which takes no threshold) rewrites a fragment only once more than LANCEDB_REWRITE_SHARE of its
+# rows are deleted: on a table of one large fragment, as `recall index` leaves it, a tenth of the
+# table (with its INT4 cache) can stay on disk as dead copies of rows that write-backs replaced.
+# Past DEAD_ROWS_SHARE, a compaction rewrites enough of the fragment's refined rows (small: their
+# cache is gone) unchanged to carry it past LanceDB's threshold, and its optimize then drops every
+# dead copy.  The price: that optimize rewrites the fragment and remaps the indexes (seconds to a
+# minute at 100,000 rows), once per DEAD_ROWS_SHARE of the table refined.
+DEAD_ROWS_SHARE = 0.03
+LANCEDB_REWRITE_SHARE = 0.10
+REWRITE_MARGIN = 0.01  # of the fragment: its row count is read from row addresses, a lower bound
+
+
+def rows_to_rewrite(table) -> list[str]:
+    """Ids of refined rows to rewrite unchanged so that every fragment holding more than
+    DEAD_ROWS_SHARE deleted rows passes LanceDB's rewrite threshold ([] when none does, or when a
+    fragment has too few refined rows to get there)."""
+    import numpy as np
+
+    found = table.search().select(["id", "refined", "_rowaddr"]).limit(None).to_arrow()
+    if not len(found):
+        return []
+    addresses = found.column("_rowaddr").to_numpy()
+    fragments, offsets = addresses >> 32, addresses & 0xFFFFFFFF
+    refined = found.column("refined").to_numpy(zero_copy_only=False).astype(bool)
+    ids = found.column("id")
+    chosen: list[str] = []
+    for fragment in np.unique(fragments):
+        mine = fragments == fragment
+        on_disk = int(offsets[mine].max()) + 1
+        dead = on_disk - int(mine.sum())
+        if dead <= DEAD_ROWS_SHARE * on_disk:
+            continue
+        needed = int((LANCEDB_REWRITE_SHARE + REWRITE_MARGIN) * on_disk) + 1 - dead
+        candidates = np.flatnonzero(mine & refined)
+        if len(candidates) >= needed:
+            chosen += ids.take(candidates[:needed]).to_pylist()
+    return chosen
