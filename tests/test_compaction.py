@@ -178,7 +178,9 @@ def test_a_compaction_drops_the_copies_that_write_backs_replaced(tmp_path, monke
     db = tmp_path / "db"
     prepare_index_dir(db)
     store = Store(db, dim=DIM)
-    store.upsert(rows([f"done{i}" for i in range(300)], 1, refined=True) + cached_rows([f"old{i}" for i in range(100)], 2))
+    store.upsert(
+        rows([f"done{i}" for i in range(300)], 1, refined=True) + cached_rows([f"old{i}" for i in range(100)], 2)
+    )
     store.create_vector_index()  # as on a large index: new fragments are then not merged into the indexed one
     store.maintain(keep_versions_s=0)
     for batch in range(4):  # 20 of 400 rows replaced: 5%, past DEAD_ROWS_SHARE, short of LanceDB's 10%
@@ -197,7 +199,9 @@ def test_a_compaction_drops_the_copies_that_write_backs_replaced(tmp_path, monke
         [f"/f/done{i}.md\x1f0" for i in range(300)] + [f"/f/old{i}.md\x1f0" for i in range(100)]
     )
     refined = dict(zip(table.column("path").to_pylist(), table.column("refined").to_pylist(), strict=True))
-    assert all(refined[f"/f/old{i}.md"] for i in range(20)) and not any(refined[f"/f/old{i}.md"] for i in range(20, 100))
+    assert all(refined[f"/f/old{i}.md"] for i in range(20)) and not any(
+        refined[f"/f/old{i}.md"] for i in range(20, 100)
+    )
     cache = dict(zip(table.column("path").to_pylist(), table.column("cache").to_pylist(), strict=True))
     assert all(cache[f"/f/old{i}.md"] is None for i in range(20)) and cache["/f/old50.md"] is not None
 
@@ -207,3 +211,20 @@ def dead_rows(store) -> int:
     addresses = store.table.search().select(["_rowaddr"]).limit(None).to_arrow().column("_rowaddr").to_numpy()
     fragments, offsets = addresses >> 32, addresses & 0xFFFFFFFF
     return sum(int(offsets[fragments == f].max()) + 1 - int((fragments == f).sum()) for f in np.unique(fragments))
+
+
+def test_a_fragment_past_lancedbs_own_threshold_is_left_to_it(tmp_path):
+    from recall_cli.storage import growth
+
+    db = tmp_path / "db"
+    prepare_index_dir(db)
+    store = Store(db, dim=DIM)
+    store.upsert(
+        rows([f"done{i}" for i in range(300)], 1, refined=True) + cached_rows([f"old{i}" for i in range(100)], 2)
+    )
+    store.create_vector_index()
+    store.maintain(keep_versions_s=0)
+    store.upsert(refined_rows([f"old{i}" for i in range(50)], 3))  # 50 of 400 replaced: past a tenth
+    assert growth.rows_to_rewrite(store.table) == []  # nothing to add: LanceDB's optimize rewrites it
+    store.maintain(keep_versions_s=0)
+    assert dead_rows(store) == 0 and store.count() == 400

@@ -30,7 +30,11 @@ def grouped_store(tmp_path, low: float = 0.0, per_group: int = 120) -> tuple[Sto
             row.update(vector=(vector / np.linalg.norm(vector)).tolist(), exit_block=exit_block, refined=refined)
         table_rows += made
     store.upsert(table_rows)
-    summary = [("text", 2, 6, per_group, 0, 0, 0), ("text", 4, 6, per_group, 0, 0, 0), ("text", 6, 6, per_group, per_group, 0, 0)]
+    summary = [
+        ("text", 2, 6, per_group, 0, 0, 0),
+        ("text", 4, 6, per_group, 0, 0, 0),
+        ("text", 6, 6, per_group, per_group, 0, 0),
+    ]
     return store, summary, query
 
 

@@ -51,7 +51,11 @@ def exit_groups(summary: list[tuple], modality: str | None = None) -> list[Group
 
 def _waiting_member(modality: str | None, exit_block: int) -> Callable[[dict], bool]:
     def member(row: dict) -> bool:
-        return row["refined"] is False and row["exit_block"] == exit_block and (not modality or row["modality"] == modality)
+        return (
+            row["refined"] is False
+            and row["exit_block"] == exit_block
+            and (not modality or row["modality"] == modality)
+        )
 
     return member
 
@@ -68,7 +72,12 @@ def _and(*clauses) -> str | None:
 
 
 def select_candidates(
-    store, summary: list[tuple], query_vector, wanted: int, where: str | None, modality: str | None = None,
+    store,
+    summary: list[tuple],
+    query_vector,
+    wanted: int,
+    where: str | None,
+    modality: str | None = None,
     exact: bool = False,
 ) -> list[dict]:
     """Merged candidates (dicts with the store's columns, vector, score, group, group_rank,
@@ -106,7 +115,9 @@ def _group_rows(store, q, groups: list[Group], shares: list[int], where: str | N
     scanned = [index for index, is_flat in enumerate(flat) if is_flat]
     found: dict[int, list[dict]] = {}
     if len(scanned) > 1:
-        shared = _shared_scan(store, q, [groups[index] for index in scanned], [shares[index] for index in scanned], where)
+        shared = _shared_scan(
+            store, q, [groups[index] for index in scanned], [shares[index] for index in scanned], where
+        )
         found = {scanned[position]: rows for position, rows in shared.items()}
     out = []
     for index, (group, share) in enumerate(zip(groups, shares, strict=True)):

@@ -12,11 +12,12 @@ compacting after every other query would cost more than the bytes are worth).  T
 therefore never exceeds the bound by more than one write's worth, as long as the writer can take
 the writer lock (`recall index` holding it compacts when it ends).
 
-What a compaction cannot give back at once: a write-back replaces whole rows, and the old copies
-(with their INT4 cache) stay inside their data file until LanceDB rewrites it, which its optimize
-does once a tenth of the file's rows are deleted (lancedb's optimize takes no threshold).  Until
-then each compaction records a base that includes the refined copies (about 2.4 KB a row); the
-rewrite then gives back the cache of every refined row, and the table ends smaller than it began.
+What LanceDB's optimize alone cannot give back: a write-back replaces whole rows, and the old
+copies (with their INT4 cache) stay inside their data fragment until LanceDB rewrites it, which it
+does once a tenth of the fragment's rows are deleted (lancedb's optimize takes no threshold).  So
+a compaction also counts each fragment's deleted rows (from the row addresses) and, past
+DEAD_ROWS_SHARE, rewrites enough refined rows to carry the fragment over LanceDB's threshold
+(rows_to_rewrite, below); the rewrite gives back the cache of every refined row.
 
 A check is one walk of the table directory: its file count is bounded by the same compactions
 (about four files per write-back), a millisecond or two at 100,000 rows, done after the answer,
@@ -118,6 +119,6 @@ def rows_to_rewrite(table) -> list[str]:
             continue
         needed = int((LANCEDB_REWRITE_SHARE + REWRITE_MARGIN) * on_disk) + 1 - dead
         candidates = np.flatnonzero(mine & refined)
-        if len(candidates) >= needed:
+        if 0 < needed <= len(candidates):  # needed <= 0: past LanceDB's threshold already
             chosen += ids.take(candidates[:needed]).to_pylist()
     return chosen

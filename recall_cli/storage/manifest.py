@@ -338,7 +338,9 @@ def _connect_read_only(path: Path, any_thread: bool = False) -> sqlite3.Connecti
             f"its manifest yet ({wal.name}): make it writable for one run of `recall stats`, "
             "after which read-only queries work"
         )
-    return sqlite3.connect(uri + "&immutable=1", uri=True, timeout=30, isolation_level=None, check_same_thread=not any_thread)
+    return sqlite3.connect(
+        uri + "&immutable=1", uri=True, timeout=30, isolation_level=None, check_same_thread=not any_thread
+    )
 
 
 class _Transaction:

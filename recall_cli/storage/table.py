@@ -72,6 +72,7 @@ class Store:
         self._text_side = False  # see has_text_side
         self._vector_index: bool | None = None  # see has_vector_index
         self.exact_search = False  # True: never through the vector index (benchmarks compare)
+        self.rewrites = 0  # compactions that rewrote rows to drop deleted ones (benchmarks count them)
         self._meta_side = False
         self.db = lancedb.connect(str(db_dir))
         existing = self.db.list_tables().tables
@@ -182,10 +183,9 @@ class Store:
             *extra,
             "_distance",
         ]
-        rows = query.select(columns).to_arrow().to_pylist()
+        rows = _rows(query.select(columns).to_arrow())
         for row in rows:
             row["score"] = 1.0 - row.pop("_distance")
-            from_stored(row)
         return rows
 
     def scans_exactly(self, where: str | None, exact: bool = False, matching: int | None = None) -> bool:
@@ -205,20 +205,9 @@ class Store:
             search = search.where(where, prefilter=True)
         columns = ["path", "chunk", "modality", "snippet", "exit_block", "depth", "refined", "mtime_ns"]
         columns += [*self.result_meta_columns(), *extra]
-        found = search.select([*columns, "_score"]).to_arrow()
-        if not len(found):
-            return []
-        vectors = None
-        if "vector" in found.column_names:  # as one numpy array: a list of floats per row costs ~1 ms
-            column = found.column("vector").combine_chunks()
-            vectors = column.values.to_numpy().reshape(len(found), -1)
-            found = found.drop_columns(["vector"])
-        rows = found.to_pylist()
-        for index, row in enumerate(rows):
+        rows = _rows(search.select([*columns, "_score"]).to_arrow())
+        for row in rows:
             row["keyword_score"] = row.pop("_score")
-            if vectors is not None:
-                row["vector"] = vectors[index]
-            from_stored(row)
         return rows
 
     def result_meta_columns(self) -> tuple[str, ...]:
@@ -344,8 +333,11 @@ class Store:
             for start in range(0, len(ids), 500)
         ]
         data = pa.concat_tables(parts).cast(self.table.schema)
-        merge = self.table.merge_insert("id").when_matched_update_all(where="target.hash = source.hash AND target.refined")
+        merge = self.table.merge_insert("id").when_matched_update_all(
+            where="target.hash = source.hash AND target.refined"
+        )
         merge.execute(data)
+        self.rewrites += 1
         log.debug("rewrote %d rows so that the compaction drops the deleted ones", len(ids))
         return len(ids)
 
@@ -371,6 +363,24 @@ class Store:
     def create_vector_index(self, index_type: str = "IVF_HNSW_SQ") -> None:
         self.table.create_index(metric="dot", vector_column_name="vector", index_type=index_type, replace=True)
         self._vector_index = True
+
+
+def _rows(found: pa.Table) -> list[dict]:
+    """Rows as dicts in their stored form decoded (from_stored), a vector as a numpy array (a list
+    of floats per row costs about 1 ms)."""
+    if not len(found):
+        return []
+    vectors = None
+    if "vector" in found.column_names:
+        column = found.column("vector").combine_chunks()
+        vectors = column.values.to_numpy().reshape(len(found), -1)
+        found = found.drop_columns(["vector"])
+    rows = found.to_pylist()
+    for index, row in enumerate(rows):
+        if vectors is not None:
+            row["vector"] = vectors[index]
+        from_stored(row)
+    return rows
 
 
 def _or_count(known: int | None, table, where: str) -> int:
