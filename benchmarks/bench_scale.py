@@ -308,6 +308,8 @@ def disk_growth(db: Path, texts: list[str], count: int) -> dict:
         "compactions": compactions,
         "rewrites": rewrites,
         "slowest_s": max(seconds_each),
+        "peak_after_query": sizes.index(max(sizes)) + 1,
+        "mib_after_each": [round(size / 2**20, 1) for size in sizes],  # where the peak falls (the JSON)
     }
 
 
@@ -470,7 +472,8 @@ def _markdown(report: dict, quick: bool, quiet: bool, phases_wanted: tuple[str, 
             f"{disk['rewrites']} of them dropping the copies write-backs replaced): "
             f"{disk['before'] / 2**20:.1f} MiB before, {disk['after'] / 2**20:.1f} MiB after "
             f"({100 * disk['growth']:+.1f}%); largest after any write-back "
-            f"{100 * disk['peak_between_queries']:+.1f}%, largest sampled every 0.1 s (inside "
+            f"{100 * disk['peak_between_queries']:+.1f}% (after query {disk['peak_after_query']}), "
+            f"largest sampled every 0.1 s (inside "
             f"compactions too) {100 * disk['peak_sampled']:+.1f}%; rows still waiting for "
             f"refinement: {disk['still_waiting']:,}; slowest query (with the write-back and "
             f"compaction before it) {disk['slowest_s']:.1f} s."
