@@ -195,27 +195,29 @@ def recall_at_10(store, vectors: np.ndarray) -> dict[str, float]:
 ARMS = {"default": False, "exact": True}  # arm -> Store.exact_search
 
 
-def latency(searcher, texts: list[str], profile: bool = False) -> dict:
-    """(filter, arm) -> wall seconds of whole queries; arms alternated query by query."""
+def latency(searcher, texts: list[str], profile: bool = False) -> tuple[dict, dict]:
+    """(filter, arm) -> wall seconds, and CPU seconds, of whole queries; arms alternated query by query."""
     from recall_cli.query.options import QueryOptions
 
     walls: dict = {}
+    cpus: dict = {}  # CPU seconds of the whole process (every thread): less sensitive to other load
     searcher.search(["warm-up"], QueryOptions(limit=10))  # model, table and indexes in memory
     _forget_refined(searcher)
     profiler = None
     if profile:
         import cProfile
 
-        profiler = cProfile.Profile()
+        profiler = cProfile.Profile(time.process_time)  # CPU time: a shared machine inflates wall time
     for name, fields in filters().items():
         for text in texts:
             for arm, exact in ARMS.items():
                 searcher.store.exact_search = exact
                 if profiler and arm == "default":
                     profiler.enable()
-                started = time.perf_counter()
+                started, cpu_started = time.perf_counter(), time.process_time()
                 searcher.search([text], QueryOptions(limit=10, **fields))
                 walls.setdefault((name, arm), []).append(time.perf_counter() - started)
+                cpus.setdefault((name, arm), []).append(time.process_time() - cpu_started)
                 if profiler:
                     profiler.disable()
                 _forget_refined(searcher)
@@ -224,7 +226,7 @@ def latency(searcher, texts: list[str], profile: bool = False) -> dict:
         import pstats
 
         pstats.Stats(profiler).sort_stats("cumulative").print_stats(30)
-    return walls
+    return walls, cpus
 
 
 def _forget_refined(searcher) -> None:
@@ -275,18 +277,21 @@ def disk_growth(db: Path, texts: list[str], count: int) -> dict:
     before = table_bytes(copy)
     server = QueryServer(copy, on_demand=True)
     server.start()
-    sizes, started = [], time.perf_counter()
+    sizes, seconds_each, started = [], [], time.perf_counter()
     try:
         server.warm_up()
         with SizeSampler(copy) as sampler:
             for number in range(count):
                 text = f"{texts[number % len(texts)]} {number}"  # new words: new candidates to refine
+                began = time.perf_counter()
                 assert warm_query(copy, [text], QueryOptions(limit=10)) is not None
+                seconds_each.append(time.perf_counter() - began)  # waits for the last write-back first
                 request(copy, {"op": "status"})  # answered once the write-back (and compaction) is done
                 sizes.append(table_bytes(copy))
         seconds = time.perf_counter() - started
         waiting = server._get_searcher().store.count("refined = false")
         compactions = server.compactions
+        rewrites = server._get_searcher().store.rewrites
     finally:
         server.close()
     after = table_bytes(copy)
@@ -301,6 +306,10 @@ def disk_growth(db: Path, texts: list[str], count: int) -> dict:
         "peak_sampled": max(sampler.peak, *sizes) / before - 1.0,
         "still_waiting": waiting,
         "compactions": compactions,
+        "rewrites": rewrites,
+        "slowest_s": max(seconds_each),
+        "peak_after_query": sizes.index(max(sizes)) + 1,
+        "mib_after_each": [round(size / 2**20, 1) for size in sizes],  # where the peak falls (the JSON)
     }
 
 
@@ -316,6 +325,9 @@ def prepare(db: Path, rows: int) -> dict:
     return generate(db, rows)
 
 
+PHASES = ("recall", "latency", "disk")
+
+
 def main(
     quick: bool = False,
     rows: int | None = None,
@@ -325,10 +337,9 @@ def main(
     reuse: str | None = None,
     ivf_pq: bool = False,
     profile: bool = False,
+    phases_wanted: tuple[str, ...] = PHASES,
 ) -> str:
-    from recall_cli.query.search import Searcher
     from recall_cli.storage.growth import table_bytes
-    from recall_cli.storage.table import Store
 
     log = lambda text: print(text, flush=True)  # noqa: E731
     load = load_check(log)
@@ -345,62 +356,71 @@ def main(
         report["generate"] = prepare(db, rows)
         phases["generate and index"] = time.perf_counter() - started
         log(f"index of {rows:,} rows ready in {phases['generate and index']:.0f} s")
-        store = Store(db)
         report["disk_bytes"] = table_bytes(db)
-        vectors = query_vectors(topic_centres(np.random.default_rng(7)), 10 if quick else 50)
-        report["recall_at_10"], report["index_seconds"] = {}, {}
-        started = time.perf_counter()
-        if ivf_pq:  # built, measured, then replaced by the index `maintain` builds
-            store.create_vector_index("IVF_PQ")
-            report["index_seconds"]["IVF_PQ"] = time.perf_counter() - started
-            report["recall_at_10"]["IVF_PQ"] = recall_at_10(store, vectors)
-            began = time.perf_counter()
-            store.create_vector_index("IVF_HNSW_SQ")
-            report["index_seconds"]["IVF_HNSW_SQ"] = time.perf_counter() - began
-        report["recall_at_10"]["IVF_HNSW_SQ"] = recall_at_10(store, vectors)
-        phases["recall"] = time.perf_counter() - started
-        log(f"recall@10: {report['recall_at_10']['IVF_HNSW_SQ']}")
-        started = time.perf_counter()
-        searcher = Searcher(db)
-        walls = latency(searcher, texts, profile)
-        report["latency"] = {
-            f"{name} | {arm}": {"p50": percentile(values, 0.5), "p95": percentile(values, 0.95), "n": len(values)}
-            for (name, arm), values in walls.items()
-        }
-        for arm in ARMS:
-            every = [value for (name, each), values in walls.items() if each == arm for value in values]
-            report["latency"][f"all filters | {arm}"] = {
-                "p50": percentile(every, 0.5),
-                "p95": percentile(every, 0.95),
-                "n": len(every),
-            }
-        phases["latency"] = time.perf_counter() - started
-        log(f"latency done in {phases['latency']:.0f} s")
-        started = time.perf_counter()
-        report["disk"] = disk_growth(db, topics, writebacks)
-        phases["disk growth"] = time.perf_counter() - started
+        if "recall" in phases_wanted:
+            started = time.perf_counter()
+            _recall_phase(report, db, quick, ivf_pq)
+            phases["recall"] = time.perf_counter() - started
+            log(f"recall@10: {report['recall_at_10']['IVF_HNSW_SQ']}")
+        if "latency" in phases_wanted:
+            started = time.perf_counter()
+            _latency_phase(report, db, texts, profile)
+            phases["latency"] = time.perf_counter() - started
+            log(f"latency done in {phases['latency']:.0f} s")
+        if "disk" in phases_wanted:
+            started = time.perf_counter()
+            report["disk"] = disk_growth(db, topics, writebacks)
+            phases["disk growth"] = time.perf_counter() - started
     report["phases_s"] = phases
     report["load_after"] = load_check(log)
     quiet = load["quiet"] and report["load_after"]["quiet"]
-    markdown = _markdown(report, quick, quiet)
+    markdown = _markdown(report, quick, quiet, phases_wanted)
+    name = "scale" if tuple(phases_wanted) == PHASES else "scale-" + "-".join(phases_wanted)
     if write and not quick and quiet:
-        write_results("scale", report, markdown)
+        write_results(name, report, markdown)
     elif write and not quick:
-        log("the machine was busy: results/scale.md left alone (rerun on a quiet machine)")
+        log(f"the machine was busy: results/{name}.md left alone (rerun on a quiet machine)")
     return markdown
 
 
-def _markdown(report: dict, quick: bool, quiet: bool) -> str:
-    recall_rows = [
-        [kind, *(f"{value:.3f}" for value in per_filter.values())]
-        for kind, per_filter in report["recall_at_10"].items()
-    ]
-    filter_names = list(next(iter(report["recall_at_10"].values())))
-    latency_rows = []
-    for key, cell in report["latency"].items():
-        name, arm = key.split(" | ")
-        latency_rows.append([name, arm, f"{cell['p50']:.3f}", f"{cell['p95']:.3f}", cell["n"]])
-    disk = report["disk"]
+def _recall_phase(report: dict, db: Path, quick: bool, ivf_pq: bool) -> None:
+    from recall_cli.storage.table import Store
+
+    store = Store(db)
+    vectors = query_vectors(topic_centres(np.random.default_rng(7)), 10 if quick else 50)
+    report["recall_at_10"], report["index_seconds"] = {}, {}
+    if ivf_pq:  # built, measured, then replaced by the index `maintain` builds
+        started = time.perf_counter()
+        store.create_vector_index("IVF_PQ")
+        report["index_seconds"]["IVF_PQ"] = time.perf_counter() - started
+        report["recall_at_10"]["IVF_PQ"] = recall_at_10(store, vectors)
+        began = time.perf_counter()
+        store.create_vector_index("IVF_HNSW_SQ")
+        report["index_seconds"]["IVF_HNSW_SQ"] = time.perf_counter() - began
+    report["recall_at_10"]["IVF_HNSW_SQ"] = recall_at_10(store, vectors)
+
+
+def _latency_phase(report: dict, db: Path, texts: list[str], profile: bool) -> None:
+    from recall_cli.query.search import Searcher
+
+    walls, cpus = latency(Searcher(db), texts, profile)
+
+    def cell(values: list[float], cpu: list[float]) -> dict:
+        return {
+            "p50": percentile(values, 0.5),
+            "p95": percentile(values, 0.95),
+            "cpu_p50": percentile(cpu, 0.5),
+            "n": len(values),
+        }
+
+    report["latency"] = {f"{name} | {arm}": cell(values, cpus[(name, arm)]) for (name, arm), values in walls.items()}
+    for arm in ARMS:
+        every = [value for (_, each), values in walls.items() if each == arm for value in values]
+        every_cpu = [value for (_, each), values in cpus.items() if each == arm for value in values]
+        report["latency"][f"all filters | {arm}"] = cell(every, every_cpu)
+
+
+def _markdown(report: dict, quick: bool, quiet: bool, phases_wanted: tuple[str, ...] = PHASES) -> str:
     made = report["generate"]
     generate_line = (
         f"{report['rows']:,} rows (reused)"
@@ -410,30 +430,55 @@ def _markdown(report: dict, quick: bool, quiet: bool) -> str:
     )
     load = report["load_before"]
     phases = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in report["phases_s"].items())
-    return "\n\n".join(
-        [
-            f"## Scale ({report['rows']:,} files, minilm shapes, synthetic vectors)",
-            f"Machine: {machine_line(report['machine'])}; before the run others used "
-            f"{load['busy_share']:.0%} of the cores (loadavg {load['loadavg_1m']:.2f}), after it "
-            f"{report['load_after']['busy_share']:.0%}"
-            + ("" if quiet else " (BUSY: the timings below are contaminated)")
-            + f". Command: `python -m benchmarks.bench_scale{' --quick' if quick else ''}`. "
-            f"{generate_line}; table {report['disk_bytes'] / 2**20:.0f} MiB on disk. Phases: {phases}.",
+    only = "".join(f" --only {phase}" for phase in phases_wanted) if tuple(phases_wanted) != PHASES else ""
+    parts = [
+        f"## Scale ({report['rows']:,} files, minilm shapes, synthetic vectors)",
+        f"Machine: {machine_line(report['machine'])}; before the run others used "
+        f"{load['busy_share']:.0%} of the cores (loadavg {load['loadavg_1m']:.2f}), after it "
+        f"{report['load_after']['busy_share']:.0%}"
+        + ("" if quiet else " (BUSY: the timings below are contaminated)")
+        + f". Command: `python -m benchmarks.bench_scale{' --quick' if quick else ''}{only}`. "
+        f"{generate_line}; table {report['disk_bytes'] / 2**20:.0f} MiB on disk. Phases: {phases}.",
+    ]
+    if "recall_at_10" in report:
+        recall_rows = [
+            [kind, *(f"{value:.3f}" for value in per_filter.values())]
+            for kind, per_filter in report["recall_at_10"].items()
+        ]
+        filter_names = list(next(iter(report["recall_at_10"].values())))
+        parts += [
             "Recall@10 of the store's default search (ANN, or exact where the filter leaves at most "
             "FLAT_MAX_ROWS rows) against exact search, the same filter on both:",
             markdown_table(["index", *filter_names], recall_rows),
+        ]
+    if "latency" in report:
+        latency_rows = []
+        for key, cell in report["latency"].items():
+            name, arm = key.split(" | ")
+            latency_rows.append(
+                [name, arm, f"{cell['p50']:.3f}", f"{cell['p95']:.3f}", f"{cell['cpu_p50']:.3f}", cell["n"]]
+            )
+        parts += [
             f"Warm whole queries (embedding, exit groups, default refinement, keyword side), "
-            f"{report['queries']} per filter and arm, arms alternated query by query:",
-            markdown_table(["filter", "search", "p50 s", "p95 s", "queries"], latency_rows),
+            f"{report['queries']} per filter and arm, arms alternated query by query; CPU: the "
+            f"process's CPU seconds per query, every thread:",
+            markdown_table(["filter", "search", "p50 s", "p95 s", "CPU p50 s", "queries"], latency_rows),
+        ]
+    if "disk" in report:
+        disk = report["disk"]
+        parts.append(
             f"Disk over {disk['queries']:,} queries with write-backs through an on-demand server "
-            f"({disk['seconds']:.0f} s; {disk['compactions']} compactions on the growth bound): "
+            f"({disk['seconds']:.0f} s; {disk['compactions']} compactions on the growth bound, "
+            f"{disk['rewrites']} of them dropping the copies write-backs replaced): "
             f"{disk['before'] / 2**20:.1f} MiB before, {disk['after'] / 2**20:.1f} MiB after "
             f"({100 * disk['growth']:+.1f}%); largest after any write-back "
-            f"{100 * disk['peak_between_queries']:+.1f}%, largest sampled every 0.1 s (inside "
+            f"{100 * disk['peak_between_queries']:+.1f}% (after query {disk['peak_after_query']}), "
+            f"largest sampled every 0.1 s (inside "
             f"compactions too) {100 * disk['peak_sampled']:+.1f}%; rows still waiting for "
-            f"refinement: {disk['still_waiting']:,}.",
-        ]
-    )
+            f"refinement: {disk['still_waiting']:,}; slowest query (with the write-back and "
+            f"compaction before it) {disk['slowest_s']:.1f} s."
+        )
+    return "\n\n".join(parts)
 
 
 if __name__ == "__main__":
@@ -446,8 +491,22 @@ if __name__ == "__main__":
     parser.add_argument("--ivf-pq", action="store_true", help="also measure an IVF_PQ index's recall")
     parser.add_argument("--profile", action="store_true", help="cProfile of the warm default queries")
     parser.add_argument("--no-write", action="store_true", help="print only, leave benchmarks/results alone")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=PHASES,
+        help="run only this phase (repeatable); a partial run writes results/scale-<phases>.md",
+    )
     args = parser.parse_args()
     markdown = main(
-        args.quick, args.rows, args.queries, args.writebacks, not args.no_write, args.reuse, args.ivf_pq, args.profile
+        args.quick,
+        args.rows,
+        args.queries,
+        args.writebacks,
+        not args.no_write,
+        args.reuse,
+        args.ivf_pq,
+        args.profile,
+        tuple(phase for phase in PHASES if phase in args.only) if args.only else PHASES,
     )
     print(markdown)

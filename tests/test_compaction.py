@@ -186,3 +186,65 @@ def test_writing_whole_files_appends_new_ones_and_replaces_known_ones(tmp_path):
     seeds = {row["path"]: row["vector"] for row in again}
     kept = store.rows_for_path("/f/b.md")
     assert len(kept) == 1 and np.allclose(kept[0]["vector"], seeds["/f/b.md"])
+
+
+def test_a_compaction_drops_the_copies_that_write_backs_replaced(tmp_path, monkeypatch):
+    """Write-backs delete the old copy of each row they replace, and LanceDB's optimize alone keeps
+    those copies (with their cache) until a tenth of the data file is deleted; past DEAD_ROWS_SHARE,
+    maintain rewrites enough refined rows to carry the file over, and the copies go.  Every row
+    keeps its latest values."""
+    from recall_cli.storage import growth
+
+    db = tmp_path / "db"
+    prepare_index_dir(db)
+    store = Store(db, dim=DIM)
+    store.upsert(
+        rows([f"done{i}" for i in range(300)], 1, refined=True) + cached_rows([f"old{i}" for i in range(100)], 2)
+    )
+    store.create_vector_index()  # as on a large index: new fragments are then not merged into the indexed one
+    store.maintain(keep_versions_s=0)
+    for batch in range(4):  # 20 of 400 rows replaced: 5%, past DEAD_ROWS_SHARE, short of LanceDB's 10%
+        store.upsert(refined_rows([f"old{batch * 5 + i}" for i in range(5)], 100 + batch))
+    assert growth.rows_to_rewrite(store.table)
+    with_copies = growth.table_bytes(db)
+    monkeypatch.setattr(growth, "DEAD_ROWS_SHARE", 1.0)  # never: LanceDB's optimize alone
+    store.maintain(keep_versions_s=0)
+    assert growth.rows_to_rewrite(store.table) == [] and dead_rows(store) == 20
+    monkeypatch.setattr(growth, "DEAD_ROWS_SHARE", 0.03)
+    store.maintain(keep_versions_s=0)
+    assert dead_rows(store) == 0
+    assert growth.table_bytes(db) < with_copies - 20 * 2000  # the replaced copies' cache is gone
+    table = Store(db).table.to_arrow()
+    assert sorted(table.column("id").to_pylist()) == sorted(
+        [f"/f/done{i}.md\x1f0" for i in range(300)] + [f"/f/old{i}.md\x1f0" for i in range(100)]
+    )
+    refined = dict(zip(table.column("path").to_pylist(), table.column("refined").to_pylist(), strict=True))
+    assert all(refined[f"/f/old{i}.md"] for i in range(20)) and not any(
+        refined[f"/f/old{i}.md"] for i in range(20, 100)
+    )
+    cache = dict(zip(table.column("path").to_pylist(), table.column("cache").to_pylist(), strict=True))
+    assert all(cache[f"/f/old{i}.md"] is None for i in range(20)) and cache["/f/old50.md"] is not None
+
+
+def dead_rows(store) -> int:
+    """Rows deleted but still inside their data fragments (row addresses past the live ones)."""
+    addresses = store.table.search().select(["_rowaddr"]).limit(None).to_arrow().column("_rowaddr").to_numpy()
+    fragments, offsets = addresses >> 32, addresses & 0xFFFFFFFF
+    return sum(int(offsets[fragments == f].max()) + 1 - int((fragments == f).sum()) for f in np.unique(fragments))
+
+
+def test_a_fragment_past_lancedbs_own_threshold_is_left_to_it(tmp_path):
+    from recall_cli.storage import growth
+
+    db = tmp_path / "db"
+    prepare_index_dir(db)
+    store = Store(db, dim=DIM)
+    store.upsert(
+        rows([f"done{i}" for i in range(300)], 1, refined=True) + cached_rows([f"old{i}" for i in range(100)], 2)
+    )
+    store.create_vector_index()
+    store.maintain(keep_versions_s=0)
+    store.upsert(refined_rows([f"old{i}" for i in range(50)], 3))  # 50 of 400 replaced: past a tenth
+    assert growth.rows_to_rewrite(store.table) == []  # nothing to add: LanceDB's optimize rewrites it
+    store.maintain(keep_versions_s=0)
+    assert dead_rows(store) == 0 and store.count() == 400

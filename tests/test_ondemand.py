@@ -267,6 +267,7 @@ def test_a_server_that_is_never_idle_compacts_once_write_backs_pass_the_growth_b
         within = str(root / "home")
         assert server_module.request(db, {"op": "query", "texts": ["x"], "refine": "exact", "within": within})["ok"]
         wait_until(lambda: server.compactions == 1, 30, message="the compaction")
+        assert server.writes_since_compaction == 0  # nothing left for an idle compaction
     finally:
         server.close()
     assert table_files(db)["versions"] == 1  # no old version kept

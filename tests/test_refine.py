@@ -152,7 +152,7 @@ def test_candidates_come_from_every_exit_group(tmp_path):
 
     store, manifest = Store(cli.db), Manifest(cli.db)
     vector = load_model("minilm").encode_texts(["anything at all"]).numpy()[0]
-    selected = candidates.select_candidates(store, manifest, vector, wanted=1, where=None)
+    selected = candidates.select_candidates(store, manifest.exit_summary(), vector, wanted=1, where=None)
     manifest.close()
     assert {row["exit_block"] for row in selected} == {2, 5}
     assert len({row["group"] for row in selected[:2]}) == 2  # the best of each group first

@@ -5,6 +5,8 @@ share, merged in the order they deserve refinement."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -12,13 +14,27 @@ from recall_cli.storage.sqlfilter import sql_str
 
 POOL_PER_RESULT, POOL_MIN, EXACT_WIDEN = 4, 32, 4
 COLUMNS = ("id", "vector", "hash", "size")  # beside the store's usual columns: what refinement needs
+# Groups searched exactly share one scan: LanceDB's flat search reads every vector of the table
+# whatever its filter leaves (about 100 ms at 100,000 rows, each).  A group that gets fewer rows
+# than its share from the shared scan (its scores run lower than the others') is searched on its own.
+SHARED_SCAN_MARGIN = 2.0
 
 
-def exit_group_clauses(manifest, modality: str | None = None) -> list[tuple[str, int]]:
-    """(where clause, size) of each exit group (see the module docstring), from the manifest."""
-    groups: list[tuple[str, int]] = []
+class Group(NamedTuple):
+    """One exit group: its where clause, its rows (from the manifest), and the same test in Python
+    (which rows of a shared scan are its own)."""
+
+    clause: str
+    size: int
+    member: Callable[[dict], bool]
+
+
+def exit_groups(summary: list[tuple], modality: str | None = None) -> list[Group]:
+    """The exit groups (see the module docstring) of the manifest's exit summary
+    (Manifest.exit_summary: modality, exit block, depth, units, refined, ...)."""
+    groups: list[Group] = []
     refined_total = 0
-    for mod, exit_block, _depth, units, refined, _cu, _cb in manifest.exit_summary():
+    for mod, exit_block, _depth, units, refined, _cu, _cb in summary:
         if modality and mod != modality:
             continue
         refined_total += int(refined or 0)
@@ -27,10 +43,21 @@ def exit_group_clauses(manifest, modality: str | None = None) -> list[tuple[str,
             clause = f"exit_block = {int(exit_block)} AND NOT refined"
             if mod:
                 clause = f"modality = {sql_str(mod)} AND " + clause
-            groups.append((clause, waiting))
+            groups.append(Group(clause, waiting, _waiting_member(mod, int(exit_block))))
     if refined_total:
-        groups.append(("refined", refined_total))
+        groups.append(Group("refined", refined_total, lambda row: row["refined"] is True))  # never null: always written
     return groups
+
+
+def _waiting_member(modality: str | None, exit_block: int) -> Callable[[dict], bool]:
+    def member(row: dict) -> bool:
+        return (
+            row["refined"] is False
+            and row["exit_block"] == exit_block
+            and (not modality or row["modality"] == modality)
+        )
+
+    return member
 
 
 def group_share(sizes: list[int], wanted: int, pool: int) -> list[int]:
@@ -45,33 +72,96 @@ def _and(*clauses) -> str | None:
 
 
 def select_candidates(
-    store, manifest, query_vector, wanted: int, where: str | None, modality: str | None = None, exact: bool = False
+    store,
+    summary: list[tuple],
+    query_vector,
+    wanted: int,
+    where: str | None,
+    modality: str | None = None,
+    exact: bool = False,
 ) -> list[dict]:
     """Merged candidates (dicts with the store's columns, vector, score, group, group_rank,
-    share), in refinement priority order (module docstring, steps 1-2)."""
-    groups = exit_group_clauses(manifest, modality)
+    share), in refinement priority order (module docstring, steps 1-2).  `summary`: the
+    manifest's exit summary (Manifest.exit_summary)."""
+    groups = exit_groups(summary, modality)
     if not groups:  # no exit records (an old index): one group
-        groups = [("", store.count())]
+        groups = [Group("", store.count(), lambda row: True)]
     q = np.asarray(query_vector, dtype=np.float32)
     pool = max(POOL_PER_RESULT * wanted, POOL_MIN) * (EXACT_WIDEN if exact else 1)
     while True:
-        shares = group_share([n for _, n in groups], wanted, pool)
+        shares = group_share([group.size for group in groups], wanted, pool)
         merged: dict[str, dict] = {}
-        for group, ((clause, size), share) in enumerate(zip(groups, shares, strict=True)):
-            if share <= 0:
-                continue
-            known = None if where else size  # the rows the group's clause leaves, from the manifest
-            rows = store.search(q, share, _and(where, clause), extra=COLUMNS, exact=exact, matching=known)
+        for index, rows in enumerate(_group_rows(store, q, groups, shares, where, exact)):
             for row in rows:
                 row["vector"] = np.asarray(row["vector"], dtype=np.float32)
                 row["score"] = float(row["vector"] @ q)  # one formula for stored and fine vectors
             rows.sort(key=lambda r: -r["score"])
             for rank, row in enumerate(rows):
-                row.update(group=group, group_rank=rank, share=share)
+                row.update(group=index, group_rank=rank, share=shares[index])
                 merged.setdefault(row["id"], row)
         files = {row["path"] for row in merged.values()}
-        exhausted = all(share >= size for (_, size), share in zip(groups, shares, strict=True))
+        exhausted = all(share >= group.size for group, share in zip(groups, shares, strict=True))
         if len(files) >= wanted or exhausted:
             break
         pool *= 2
     return sorted(merged.values(), key=lambda r: (r["group_rank"] / r["share"], -r["score"]))
+
+
+def _group_rows(store, q, groups: list[Group], shares: list[int], where: str | None, exact: bool) -> list[list[dict]]:
+    """The best `share` rows of every group (by the store's search), the same rows whether a group
+    is searched on its own or its rows come from the scan it shares with the other exactly searched
+    groups."""
+    flat = _scanned_exactly(store, groups, shares, where, exact)
+    scanned = [index for index, is_flat in enumerate(flat) if is_flat]
+    found: dict[int, list[dict]] = {}
+    if len(scanned) > 1:
+        shared = _shared_scan(
+            store, q, [groups[index] for index in scanned], [shares[index] for index in scanned], where
+        )
+        found = {scanned[position]: rows for position, rows in shared.items()}
+    out = []
+    for index, (group, share) in enumerate(zip(groups, shares, strict=True)):
+        if share <= 0:
+            out.append([])
+        elif index in found:
+            out.append(found[index])
+        else:
+            known = None if where else group.size
+            clause = _and(where, group.clause)
+            out.append(store.search(q, share, clause, extra=COLUMNS, exact=exact or flat[index], matching=known))
+    return out
+
+
+def _scanned_exactly(store, groups: list[Group], shares: list[int], where: str | None, exact: bool) -> list[bool]:
+    """Per group: whether the store searches it exactly (Store.scans_exactly).  A filter the store
+    scans exactly is counted once: every group inside it is scanned too."""
+    if where and shares and store.scans_exactly(where, exact):
+        return [share > 0 for share in shares]
+    return [
+        share > 0 and store.scans_exactly(_and(where, group.clause), exact, None if where else group.size)
+        for group, share in zip(groups, shares, strict=True)
+    ]
+
+
+def _shared_scan(store, q, groups: list[Group], shares: list[int], where: str | None) -> dict[int, list[dict]]:
+    """One exact search over the union of `groups`: the rows of each group, at most its share, in
+    the scan's order (exact, so a group's first rows in it are its own best), for the groups it
+    answers in full (position in `groups` -> rows); the others are left to their own search."""
+    union = " OR ".join(f"({group.clause})" for group in groups)
+    rows = store.search(q, _shared_limit(groups, shares), _and(where, union), extra=COLUMNS, exact=True)
+    complete = len(rows) < _shared_limit(groups, shares)  # every matching row came back
+    found = {}
+    for position, (group, share) in enumerate(zip(groups, shares, strict=True)):
+        own = [dict(row) for row in rows if group.member(row)][:share]
+        if complete or len(own) >= share:
+            found[position] = own
+    return found
+
+
+def _shared_limit(groups: list[Group], shares: list[int]) -> int:
+    """Rows a shared scan asks for: enough that every group's share is in it SHARED_SCAN_MARGIN
+    times over if its rows scored like the others' (a group's part of the union is its part of the
+    manifest's rows; a filter is taken to keep them in proportion), and never less than the shares."""
+    total = sum(group.size for group in groups)
+    needed = max(share * total / max(group.size, 1) for group, share in zip(groups, shares, strict=True))
+    return max(math.ceil(SHARED_SCAN_MARGIN * needed), sum(shares))

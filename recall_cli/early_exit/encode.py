@@ -273,13 +273,28 @@ def resume(model, modality: str, states: list[list[Any]], exits: list[int], plan
     vectors = torch.zeros(n, model.dim)
     with torch.inference_mode():
         for point in sorted(set(exits)):
-            items = [i for i in range(n) if exits[i] == point]
-            batch = _padded_batch(model, modality, [states[i] for i in items])
-            batch = model.run_blocks(batch, point, plan.depth)
-            emb = model.embed(batch, plan.depth).float().cpu()
-            for local, i in enumerate(items):
-                vectors[i] = emb[local]
+            for items in _similar_lengths([i for i in range(n) if exits[i] == point], states):
+                batch = _padded_batch(model, modality, [states[i] for i in items])
+                batch = model.run_blocks(batch, point, plan.depth)
+                emb = model.embed(batch, plan.depth).float().cpu()
+                for local, i in enumerate(items):
+                    vectors[i] = emb[local]
     return vectors
+
+
+def _similar_lengths(items: list[int], states: list[list[Any]], keep: float = 0.75) -> list[list[int]]:
+    """The items in batches of similar length, longest first: a batch is padded to its longest
+    sequence, so a short item beside a long one (the last chunk of a file) would pay the long one's
+    blocks (more than twice the work on a mix of lengths).  A batch takes items down to `keep` of
+    its longest."""
+    longest = {i: max(seq.shape[0] for seq in states[i]) for i in items}
+    batches: list[list[int]] = []
+    for i in sorted(items, key=lambda i: -longest[i]):
+        if batches and longest[i] >= keep * longest[batches[-1][0]]:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
 
 
 def _padded_batch(model, modality: str, item_sequences: list[list[Any]]):

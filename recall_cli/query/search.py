@@ -14,6 +14,7 @@ from recall_cli.modalities import check_modality
 from recall_cli.models import load_model, load_query_encoder
 from recall_cli.query.mediafilter import media_clauses, result_meta, uses_media_filters
 from recall_cli.query.options import QueryOptions
+from recall_cli.storage.exit_summary import ExitSummary
 from recall_cli.storage.manifest import Manifest
 
 log = logging.getLogger("recall")
@@ -97,6 +98,7 @@ class Searcher:
         self.compactions = 0  # by write_back, on the growth bound
         self.refiner = None
         self._keyword_pool = None  # one background thread for the keyword side, made on first use
+        self.exit_summary = ExitSummary(self.db_dir)  # read again only when the manifest changes
 
     @property
     def model(self):
@@ -238,13 +240,10 @@ class Searcher:
         from recall_cli.early_exit.candidates import select_candidates
 
         wanted = options.offset + options.limit
-        manifest = Manifest(self.db_dir, create=False)
-        try:
-            candidates = select_candidates(
-                self.store, manifest, vector, wanted, where, options.modality, exact=options.refine == "exact"
-            )
-        finally:
-            manifest.close()
+        summary = self.exit_summary.get()
+        candidates = select_candidates(
+            self.store, summary, vector, wanted, where, options.modality, exact=options.refine == "exact"
+        )
         if options.refine != "off" and (self.refiner is not None or not all(row["refined"] for row in candidates)):
             if self.refiner is None:
                 self.refiner = refine.Refiner(self.model, self.store)

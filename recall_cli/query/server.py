@@ -173,10 +173,7 @@ class QueryServer:
         self.started = time.time()
         self.last_request = time.monotonic()
         self.stop_requested = threading.Event()
-        self._searcher = None
-        self._sock = None
-        self._thread = None
-        self._closing = False
+        self._searcher, self._sock, self._thread, self._closing = None, None, None, False
         self._inode = None
         self._lock = None
         self.writes_since_compaction = 0
@@ -313,8 +310,10 @@ class QueryServer:
         with self.busy:
             self._reply(conn, self.answer(payload))
             conn.close()  # the client has its answer; now write back what the query refined
+            before = self._searcher.compactions if self._searcher is not None else 0
             if self._searcher is not None and self._searcher.write_back():  # compacts on the bound
-                self.writes_since_compaction += 1
+                done = self._searcher.compactions > before  # then nothing is left for the idle compaction
+                self.writes_since_compaction = 0 if done else self.writes_since_compaction + 1
                 if self.on_write is not None:
                     self.on_write()
         self.last_request = time.monotonic()  # idle time counts from the end of the work

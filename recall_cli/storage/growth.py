@@ -12,11 +12,12 @@ compacting after every other query would cost more than the bytes are worth).  T
 therefore never exceeds the bound by more than one write's worth, as long as the writer can take
 the writer lock (`recall index` holding it compacts when it ends).
 
-What a compaction cannot give back at once: a write-back replaces whole rows, and the old copies
-(with their INT4 cache) stay inside their data file until LanceDB rewrites it, which its optimize
-does once a tenth of the file's rows are deleted (lancedb's optimize takes no threshold).  Until
-then each compaction records a base that includes the refined copies (about 2.4 KB a row); the
-rewrite then gives back the cache of every refined row, and the table ends smaller than it began.
+What LanceDB's optimize alone cannot give back: a write-back replaces whole rows, and the old
+copies (with their INT4 cache) stay inside their data fragment until LanceDB rewrites it, which it
+does once a tenth of the fragment's rows are deleted (lancedb's optimize takes no threshold).  So
+a compaction also counts each fragment's deleted rows (from the row addresses) and, past
+DEAD_ROWS_SHARE, rewrites enough refined rows to carry the fragment over LanceDB's threshold
+(rows_to_rewrite, below); the rewrite gives back the cache of every refined row.
 
 A check is one walk of the table directory: its file count is bounded by the same compactions
 (about four files per write-back), a millisecond or two at 100,000 rows, done after the answer,
@@ -81,3 +82,43 @@ def grown_past_bound(db_dir: Path) -> bool:
         record_compacted(db_dir, size)
         return False
     return size > growth_limit(base)
+
+
+# Deleted rows stay inside their data fragment until a compaction rewrites it, and LanceDB's optimize
+# (which takes no threshold) rewrites a fragment only once more than LANCEDB_REWRITE_SHARE of its
+# rows are deleted: on a table of one large fragment, as `recall index` leaves it, a tenth of the
+# table (with its INT4 cache) can stay on disk as dead copies of rows that write-backs replaced.
+# Past DEAD_ROWS_SHARE, a compaction rewrites enough of the fragment's refined rows (small: their
+# cache is gone) unchanged to carry it past LanceDB's threshold, and its optimize then drops every
+# dead copy.  The price: that optimize rewrites the fragment and remaps the indexes (seconds to a
+# minute at 100,000 rows), once per DEAD_ROWS_SHARE of the table refined.
+DEAD_ROWS_SHARE = 0.03
+LANCEDB_REWRITE_SHARE = 0.10
+REWRITE_MARGIN = 0.01  # of the fragment: its row count is read from row addresses, a lower bound
+
+
+def rows_to_rewrite(table) -> list[str]:
+    """Ids of refined rows to rewrite unchanged so that every fragment holding more than
+    DEAD_ROWS_SHARE deleted rows passes LanceDB's rewrite threshold ([] when none does, or when a
+    fragment has too few refined rows to get there)."""
+    import numpy as np
+
+    found = table.search().select(["id", "refined", "_rowaddr"]).limit(None).to_arrow()
+    if not len(found):
+        return []
+    addresses = found.column("_rowaddr").to_numpy()
+    fragments, offsets = addresses >> 32, addresses & 0xFFFFFFFF
+    refined = found.column("refined").to_numpy(zero_copy_only=False).astype(bool)
+    ids = found.column("id")
+    chosen: list[str] = []
+    for fragment in np.unique(fragments):
+        mine = fragments == fragment
+        on_disk = int(offsets[mine].max()) + 1
+        dead = on_disk - int(mine.sum())
+        if dead <= DEAD_ROWS_SHARE * on_disk:
+            continue
+        needed = int((LANCEDB_REWRITE_SHARE + REWRITE_MARGIN) * on_disk) + 1 - dead
+        candidates = np.flatnonzero(mine & refined)
+        if 0 < needed <= len(candidates):  # needed <= 0: past LanceDB's threshold already
+            chosen += ids.take(candidates[:needed]).to_pylist()
+    return chosen

@@ -54,14 +54,16 @@ class FileRecord:
 
 
 class Manifest:
-    def __init__(self, db_dir: Path, create: bool = True):
+    def __init__(self, db_dir: Path, create: bool = True, any_thread: bool = False):
         """Open (or with `create`, make) the manifest of the index at db_dir, migrating an older
         schema.  Without `create`, a directory the caller cannot write is opened read-only (a
         query or `stats` on a read-only index).  Problems are one-line RecallErrors: no index, a
-        newer or damaged manifest, vectors without a manifest, a full or read-only disk."""
+        newer or damaged manifest, vectors without a manifest, a full or read-only disk.
+        `any_thread`: the connection may be used from other threads (the caller serialises them)."""
         db_dir = Path(db_dir)
         self.path = db_dir / MANIFEST_NAME
         self.read_only = False
+        self._any_thread = any_thread
         table_there = (db_dir / TABLE_DIR).exists()
         if not self.path.exists():
             if table_there:
@@ -89,8 +91,8 @@ class Manifest:
     def _connect(self, db_dir: Path, create: bool) -> sqlite3.Connection:
         if not create and not os.access(db_dir, os.W_OK):
             self.read_only = True
-            return _connect_read_only(self.path)
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            return _connect_read_only(self.path, self._any_thread)
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=not self._any_thread)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         return conn
@@ -319,11 +321,11 @@ def _record(row: tuple) -> FileRecord:
     return FileRecord(real_path(path), real_path(root), *rest)
 
 
-def _connect_read_only(path: Path) -> sqlite3.Connection:
+def _connect_read_only(path: Path, any_thread: bool = False) -> sqlite3.Connection:
     """A manifest in a directory we cannot write: SQLite cannot create the WAL's -shm file there,
     so it is opened read-only, and as immutable when no write-ahead log is left to replay."""
     uri = "file:" + quote(str(path)) + "?mode=ro"
-    conn = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
+    conn = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None, check_same_thread=not any_thread)
     try:
         conn.execute("PRAGMA user_version").fetchone()
         return conn
@@ -336,7 +338,9 @@ def _connect_read_only(path: Path) -> sqlite3.Connection:
             f"its manifest yet ({wal.name}): make it writable for one run of `recall stats`, "
             "after which read-only queries work"
         )
-    return sqlite3.connect(uri + "&immutable=1", uri=True, timeout=30, isolation_level=None)
+    return sqlite3.connect(
+        uri + "&immutable=1", uri=True, timeout=30, isolation_level=None, check_same_thread=not any_thread
+    )
 
 
 class _Transaction:

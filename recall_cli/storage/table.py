@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from recall_cli.errors import REBUILD_HINT, RecallError, error_text, storage_error
 from recall_cli.paths import stored_path
-from recall_cli.storage.growth import BOUND_KEEP_VERSIONS_S, grown_past_bound, record_compacted
+from recall_cli.storage.growth import BOUND_KEEP_VERSIONS_S, grown_past_bound, record_compacted, rows_to_rewrite
 from recall_cli.storage.lancedb_import import import_lancedb
 from recall_cli.storage.layout import TABLE_DIR, TABLE_NAME, directory_bytes
 from recall_cli.storage.schema import (
@@ -72,6 +72,7 @@ class Store:
         self._text_side = False  # see has_text_side
         self._vector_index: bool | None = None  # see has_vector_index
         self.exact_search = False  # True: never through the vector index (benchmarks compare)
+        self.rewrites = 0  # compactions that rewrote rows to drop deleted ones (benchmarks count them)
         self._meta_side = False
         self.db = lancedb.connect(str(db_dir))
         existing = self.db.list_tables().tables
@@ -171,7 +172,7 @@ class Store:
         if where:
             query = query.where(where, prefilter=True)
         if self.has_vector_index:
-            if exact or self.exact_search or (where and _or_count(matching, self.table, where) <= FLAT_MAX_ROWS):
+            if self.scans_exactly(where, exact, matching):
                 query = query.bypass_vector_index()
             else:
                 query = query.nprobes(ANN_NPROBES).refine_factor(ANN_REFINE_FACTOR)
@@ -188,11 +189,17 @@ class Store:
             *extra,
             "_distance",
         ]
-        rows = query.select(columns).to_arrow().to_pylist()
+        rows = _rows(query.select(columns).to_arrow())
         for row in rows:
             row["score"] = 1.0 - row.pop("_distance")
-            from_stored(row)
         return rows
+
+    def scans_exactly(self, where: str | None, exact: bool = False, matching: int | None = None) -> bool:
+        """Whether `search` with this filter compares every matching row (no vector index, `exact`,
+        or a selective filter) rather than going through the vector index."""
+        if not self.has_vector_index or exact or self.exact_search:
+            return True
+        return bool(where) and _or_count(matching, self.table, where) <= FLAT_MAX_ROWS
 
     def keyword_search(self, query, limit: int, where: str | None = None, extra: tuple = ()) -> list[dict]:
         """Rows matching a full-text query (a lancedb FTS query object), best BM25 first, with that
@@ -204,20 +211,9 @@ class Store:
             search = search.where(where, prefilter=True)
         columns = ["path", "chunk", "modality", "snippet", "exit_block", "depth", "refined", "mtime_ns"]
         columns += [*self.result_meta_columns(), *extra]
-        found = search.select([*columns, "_score"]).to_arrow()
-        if not len(found):
-            return []
-        vectors = None
-        if "vector" in found.column_names:  # as one numpy array: a list of floats per row costs ~1 ms
-            column = found.column("vector").combine_chunks()
-            vectors = column.values.to_numpy().reshape(len(found), -1)
-            found = found.drop_columns(["vector"])
-        rows = found.to_pylist()
-        for index, row in enumerate(rows):
+        rows = _rows(search.select([*columns, "_score"]).to_arrow())
+        for row in rows:
             row["keyword_score"] = row.pop("_score")
-            if vectors is not None:
-                row["vector"] = vectors[index]
-            from_stored(row)
         return rows
 
     def result_meta_columns(self) -> tuple[str, ...]:
@@ -316,6 +312,7 @@ class Store:
         from datetime import timedelta
 
         self.ensure_text_indexes()
+        self.rewrite_past_dead_rows()
         # optimize compacts, removes old versions, then folds new rows into every index: the index
         # files that last step replaces stay until the next removal, so keeping no version (the
         # growth bound) runs it twice; the second has nothing to compact or index and takes ms
@@ -329,6 +326,26 @@ class Store:
                 self.create_vector_index()
             self.ensure_key_indexes()
         record_compacted(self.db_dir)
+
+    def rewrite_past_dead_rows(self) -> int:
+        """Rewrite refined rows unchanged where a fragment holds too many deleted rows, so that the
+        optimize that follows drops them (storage/growth.py).  Only onto rows still as read (same
+        hash, still refined).  Returns rows rewritten."""
+        ids = rows_to_rewrite(self.table)
+        if not ids:
+            return 0
+        parts = [
+            self.table.search().where(sql_in("id", ids[start : start + 500])).limit(None).to_arrow()
+            for start in range(0, len(ids), 500)
+        ]
+        data = pa.concat_tables(parts).cast(self.table.schema)
+        merge = self.table.merge_insert("id").when_matched_update_all(
+            where="target.hash = source.hash AND target.refined"
+        )
+        merge.execute(data)
+        self.rewrites += 1
+        log.debug("rewrote %d rows so that the compaction drops the deleted ones", len(ids))
+        return len(ids)
 
     def maintain_if_grown(self) -> bool:
         """Compact (keeping no old version) when the table has grown past its bound since the last
@@ -352,6 +369,24 @@ class Store:
     def create_vector_index(self, index_type: str = "IVF_HNSW_SQ") -> None:
         self.table.create_index(metric="dot", vector_column_name="vector", index_type=index_type, replace=True)
         self._vector_index = True
+
+
+def _rows(found: pa.Table) -> list[dict]:
+    """Rows as dicts in their stored form decoded (from_stored), a vector as a numpy array (a list
+    of floats per row costs about 1 ms)."""
+    if not len(found):
+        return []
+    vectors = None
+    if "vector" in found.column_names:
+        column = found.column("vector").combine_chunks()
+        vectors = column.values.to_numpy().reshape(len(found), -1)
+        found = found.drop_columns(["vector"])
+    rows = found.to_pylist()
+    for index, row in enumerate(rows):
+        if vectors is not None:
+            row["vector"] = vectors[index]
+        from_stored(row)
+    return rows
 
 
 def _or_count(known: int | None, table, where: str) -> int:
