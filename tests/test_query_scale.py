@@ -65,6 +65,29 @@ def test_a_shared_scan_picks_the_same_candidates_as_one_search_per_group(tmp_pat
         assert len(shared_searches) == 2 and "exit_block = 2" in shared_searches[1]  # the short group alone
 
 
+def test_a_group_behind_the_vector_index_rides_along_the_shared_scan(tmp_path, monkeypatch):
+    """Once one exit group is scanned exactly, the group the vector index would serve (a large
+    refined one) takes its rows from that same scan: one search per query instead of two, and its
+    candidates are the exact ones."""
+    from recall_cli.storage import table
+
+    store, summary, query = grouped_store(tmp_path)
+    store.create_vector_index()
+    summary[2] = ("text", 6, 6, 1000, 1000, 0, 0)  # the refined group counted past FLAT_MAX_ROWS
+    monkeypatch.setattr(table, "FLAT_MAX_ROWS", 200)
+    assert not store.scans_exactly("refined", matching=1000) and store.scans_exactly("x", matching=120)
+    searches = []
+    original = store.search
+    monkeypatch.setattr(store, "search", lambda *args, **kw: searches.append(args[2]) or original(*args, **kw))
+    shared = candidates.select_candidates(store, summary, query, wanted=10, where=None)
+    assert len(searches) == 1
+    monkeypatch.setattr(candidates, "_shared_scan", lambda *args: {})  # one exact search per group
+    store.exact_search = True
+    alone = candidates.select_candidates(store, summary, query, wanted=10, where=None)
+    assert picked(shared) == picked(alone)
+    assert {row["exit_block"] for row in shared} == {2, 4, 6}
+
+
 def test_a_filter_is_applied_to_the_shared_scan(tmp_path):
     store, summary, query = grouped_store(tmp_path)
     selected = candidates.select_candidates(store, summary, query, wanted=5, where="path LIKE '%-1%'")

@@ -14,9 +14,10 @@ from recall_cli.storage.sqlfilter import sql_str
 
 POOL_PER_RESULT, POOL_MIN, EXACT_WIDEN = 4, 32, 4
 COLUMNS = ("id", "vector", "hash", "size")  # beside the store's usual columns: what refinement needs
-# Groups searched exactly share one scan: LanceDB's flat search reads every vector of the table
-# whatever its filter leaves (about 100 ms at 100,000 rows, each).  A group that gets fewer rows
-# than its share from the shared scan (its scores run lower than the others') is searched on its own.
+# Once one group is searched exactly, every group shares that scan: LanceDB's flat search reads
+# every vector of the table whatever its filter leaves (about 100 ms at 100,000 rows, each).  A group
+# that gets fewer rows than its share from the shared scan (its scores run lower than the others')
+# is searched on its own.
 SHARED_SCAN_MARGIN = 2.0
 
 
@@ -109,10 +110,13 @@ def select_candidates(
 
 def _group_rows(store, q, groups: list[Group], shares: list[int], where: str | None, exact: bool) -> list[list[dict]]:
     """The best `share` rows of every group (by the store's search), the same rows whether a group
-    is searched on its own or its rows come from the scan it shares with the other exactly searched
-    groups."""
+    is searched on its own or its rows come from the one exact scan that every group shares once
+    any of them is scanned exactly."""
     flat = _scanned_exactly(store, groups, shares, where, exact)
-    scanned = [index for index, is_flat in enumerate(flat) if is_flat]
+    # The scan reads every vector of the table whatever its filter, so once one group is scanned
+    # the groups that would go through the vector index ride along: their best rows come from the
+    # same pass, exactly, instead of costing a search of their own.
+    scanned = [index for index, share in enumerate(shares) if share > 0] if any(flat) else []
     found: dict[int, list[dict]] = {}
     if len(scanned) > 1:
         shared = _shared_scan(
