@@ -28,11 +28,15 @@ ends and records the new size.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
 
 from recall_cli.storage.layout import COMPACTED_FILE, TABLE_DIR, directory_bytes
+from recall_cli.storage.sqlfilter import sql_in
+
+log = logging.getLogger("recall")
 
 GROWTH_BOUND = 0.03  # of the size after the last compaction
 GROWTH_FLOOR_BYTES = 2 * 2**20  # never compact for less growth than this (small indexes)
@@ -122,3 +126,22 @@ def rows_to_rewrite(table) -> list[str]:
         if 0 < needed <= len(candidates):  # needed <= 0: past LanceDB's threshold already
             chosen += ids.take(candidates[:needed]).to_pylist()
     return chosen
+
+
+def rewrite_past_dead_rows(table) -> int:
+    """Rewrite the rows_to_rewrite unchanged, so that the optimize that follows drops the deleted
+    rows of their fragments; only onto rows still as read (same hash, still refined), since a
+    write-back may have replaced one meanwhile.  Returns rows rewritten."""
+    import pyarrow as pa
+
+    ids = rows_to_rewrite(table)
+    if not ids:
+        return 0
+    parts = [
+        table.search().where(sql_in("id", ids[start : start + 500])).limit(None).to_arrow()
+        for start in range(0, len(ids), 500)
+    ]
+    data = pa.concat_tables(parts).cast(table.schema)
+    table.merge_insert("id").when_matched_update_all(where="target.hash = source.hash AND target.refined").execute(data)
+    log.debug("rewrote %d rows so that the compaction drops the deleted ones", len(ids))
+    return len(ids)

@@ -29,7 +29,12 @@ import pyarrow as pa
 
 from recall_cli.errors import REBUILD_HINT, RecallError, error_text, storage_error
 from recall_cli.paths import stored_path
-from recall_cli.storage.growth import BOUND_KEEP_VERSIONS_S, grown_past_bound, record_compacted, rows_to_rewrite
+from recall_cli.storage.growth import (
+    BOUND_KEEP_VERSIONS_S,
+    grown_past_bound,
+    record_compacted,
+    rewrite_past_dead_rows,
+)
 from recall_cli.storage.lancedb_import import import_lancedb
 from recall_cli.storage.layout import TABLE_DIR, TABLE_NAME, directory_bytes
 from recall_cli.storage.schema import (
@@ -328,24 +333,10 @@ class Store:
         record_compacted(self.db_dir)
 
     def rewrite_past_dead_rows(self) -> int:
-        """Rewrite refined rows unchanged where a fragment holds too many deleted rows, so that the
-        optimize that follows drops them (storage/growth.py).  Only onto rows still as read (same
-        hash, still refined).  Returns rows rewritten."""
-        ids = rows_to_rewrite(self.table)
-        if not ids:
-            return 0
-        parts = [
-            self.table.search().where(sql_in("id", ids[start : start + 500])).limit(None).to_arrow()
-            for start in range(0, len(ids), 500)
-        ]
-        data = pa.concat_tables(parts).cast(self.table.schema)
-        merge = self.table.merge_insert("id").when_matched_update_all(
-            where="target.hash = source.hash AND target.refined"
-        )
-        merge.execute(data)
-        self.rewrites += 1
-        log.debug("rewrote %d rows so that the compaction drops the deleted ones", len(ids))
-        return len(ids)
+        """growth.rewrite_past_dead_rows on this table; returns rows rewritten."""
+        rewritten = rewrite_past_dead_rows(self.table)
+        self.rewrites += bool(rewritten)
+        return rewritten
 
     def maintain_if_grown(self) -> bool:
         """Compact (keeping no old version) when the table has grown past its bound since the last
