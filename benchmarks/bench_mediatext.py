@@ -448,9 +448,17 @@ def throughput_line(label: str, speed: dict) -> str:
     )
 
 
-def photo_folders(argv: list[str]) -> list[Path]:
-    return [Path(argv[i + 1]) for i, arg in enumerate(argv[:-1]) if arg == "--photos"]
+def parse_args(argv: list[str]):
+    # a parser, not a scan of argv for known words: `--help` or a misspelt flag must not start a
+    # run of several minutes that then overwrites the published results
+    import argparse
+
+    parser = argparse.ArgumentParser(description="OCR, one-word queries, places and OCR's cost on photos")
+    parser.add_argument("--quick", action="store_true", help="fewer images and rounds")
+    parser.add_argument("--photos", type=Path, action="append", default=[], help="a folder of real photos")
+    return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
-    print(main(quick="--quick" in sys.argv, extra_photos=photo_folders(sys.argv)))
+    args = parse_args(sys.argv[1:])
+    print(main(quick=args.quick, extra_photos=args.photos))
