@@ -105,7 +105,7 @@ def unit_row(entry, content_hash: str, unit: Unit, result: Encoded, model_name: 
         "size": entry.size,
         "mtime_ns": entry.mtime_ns,
         "model": model_name,
-        "vector": result.vector.tolist(),
+        "vector": result.vector,  # the write takes the arrays as one matrix (storage/rowtable.py)
         "exit_block": result.exit_block,
         "depth": result.depth,
         "refined": result.refined,

@@ -37,6 +37,7 @@ from recall_cli.storage.growth import (
 )
 from recall_cli.storage.lancedb_import import import_lancedb
 from recall_cli.storage.layout import TABLE_DIR, TABLE_NAME, directory_bytes
+from recall_cli.storage.rowtable import rows_table
 from recall_cli.storage.schema import (
     META_COLUMNS,
     META_FIELDS,
@@ -46,7 +47,6 @@ from recall_cli.storage.schema import (
     fts_config,
     table_problem,
     text_side,
-    to_stored,
     units_schema,
 )
 from recall_cli.storage.sqlfilter import sql_in, sql_str
@@ -136,9 +136,7 @@ class Store:
         commit, so a crash never leaves a file half old and half new."""
         if not rows:
             return
-        if all(name in self.schema.names for name in TEXT_COLUMNS):
-            rows = [{**row, **text_side(row)} for row in rows]
-        data = pa.Table.from_pylist([to_stored(row) for row in rows], schema=self.schema)
+        data = rows_table(rows, self.schema)  # column-wise, with its text side (rowtable.py)
         whole_files = list(whole_files)
         # the delete clause only when some of them have rows already: it makes the merge scan the
         # whole table (about 5x slower than a plain merge at 200k rows; the check is a cheap count)
