@@ -134,6 +134,19 @@ def test_quantisation_gives_the_bytes_of_the_documented_formula(dtype, shape):
         assert np.array_equal(got.view(np.uint8), np.asarray(want).view(np.uint8))
 
 
+def test_states_lying_in_one_tensor_pack_like_separate_copies():
+    # the states of one capture are views of one tensor and are read in place: the blobs must be
+    # those of separate copies, whether the views follow one another or not (order, gaps, reuse)
+    torch.manual_seed(3)
+    x = (torch.randn(30, 40) * 2).to(torch.bfloat16)
+    for layout in ([(0, 5), (5, 12), (12, 30)], [(12, 30), (0, 5)], [(0, 5), (6, 12)], [(0, 5), (0, 5)]):
+        views = [([x[a:b]], 1) for a, b in layout]
+        copies = [([x[a:b].clone()], 1) for a, b in layout]
+        assert quant.encode_blobs(views) == quant.encode_blobs(copies)
+    split = [([part], 2) for part in torch.split(x, [4, 0, 26])]
+    assert quant.encode_blobs(split) == quant.encode_blobs([([part.clone()], 2) for [part], _ in split])
+
+
 def test_quantisation_leaves_torch_thread_count_and_input_alone():
     x = torch.randn(64, 384)
     before, threads = x.clone(), torch.get_num_threads()

@@ -137,36 +137,46 @@ def encode_blobs(items: list[tuple[list, int]], group: int = GROUP_SIZE) -> list
 
     with one_torch_thread():  # the join too: torch.cat on two threads took 190 ms a batch on a busy CPU
         codes, scales, lows = quantize(_all_tokens([seq for sequences, _ in items for seq in sequences], dim), group)
+    # little-endian views (no copy on a little-endian machine); each blob is one join of its header
+    # and views into these arrays: one copy of its bytes, not three
+    scales, lows = scales.astype("<f2", copy=False), lows.astype("<f2", copy=False)
     blobs, start = [], 0
     for sequences, block in items:
         lengths = [int(seq.shape[0]) for seq in sequences]
         stop = start + sum(lengths)
         header = _HEADER.pack(MAGIC, VERSION, _dtype_code(sequences[0]), group, dim, len(lengths), block)
-        blobs.append(
-            b"".join(
-                [
-                    header,
-                    struct.pack(f"<{len(lengths)}I", *lengths),
-                    scales[start:stop].astype("<f2").tobytes(),
-                    lows[start:stop].astype("<f2").tobytes(),
-                    codes[start:stop].tobytes(),
-                ]
-            )
-        )
+        parts = (scales[start:stop], lows[start:stop], codes[start:stop])
+        blobs.append(b"".join([header, struct.pack(f"<{len(lengths)}I", *lengths), *map(memoryview, parts)]))
         start = stop
     return blobs
 
 
 def _all_tokens(sequences: list, dim: int):
-    """Every token of the sequences as one [N, dim] tensor: one copy (or none for a single
-    sequence), in their own dtype when they share it (the quantisation converts once)."""
+    """Every token of the sequences as one [N, dim] tensor, in their own dtype when they share it
+    (the quantisation reads it once).  No copy when they already lie one after another in one
+    tensor, as the states of one capture do (encode.item_states: views of one gathered tensor)."""
     torch = _torch()
     parts = [torch.as_tensor(seq).detach().cpu().reshape(-1, dim) for seq in sequences]
     if len(parts) == 1:
         return parts[0]
     if len({part.dtype for part in parts}) > 1:
-        parts = [part.float() for part in parts]
-    return torch.cat(parts)
+        return torch.cat([part.float() for part in parts])
+    adjacent = _adjacent(parts, dim)
+    return adjacent if adjacent is not None else torch.cat(parts)
+
+
+def _adjacent(parts: list, dim: int):
+    """The parts as one view of their storage when each starts where the one before ends, else None."""
+    torch = _torch()
+    first = parts[0]
+    storage, position = first.untyped_storage().data_ptr(), first.storage_offset()
+    for part in parts:
+        if part.untyped_storage().data_ptr() != storage or part.storage_offset() != position:
+            return None
+        if part.numel() and not part.is_contiguous():
+            return None
+        position += part.numel()
+    return torch.as_strided(first, ((position - first.storage_offset()) // dim, dim), (dim, 1))
 
 
 def _dtype_code(sequence) -> int:
