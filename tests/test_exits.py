@@ -272,3 +272,43 @@ def test_exit_labels_and_predictor_training_with_held_out_accuracy(tmp_path):
     assert isinstance(policy, PredictorPolicy)
     assert policy.choose("text", plan, superficial[:50]) == predictor.predict(superficial[:50])
     assert policy.is_full("image")  # no predictor for that modality: full depth
+
+
+class PaddedToy(Toy):
+    """Toy with sequences of different lengths (padding at the end) and a head over real tokens."""
+
+    def tokenize(self, modality, data):
+        counts = [int(d) for d in data]
+        owner = torch.repeat_interleave(torch.arange(len(data)), torch.tensor(counts))
+        generator = torch.Generator().manual_seed(7)
+        lengths = torch.randint(1, 9, (len(owner),), generator=generator)
+        mask = torch.arange(9)[None, :] < lengths[:, None]
+        hidden = torch.randn(len(owner), 9, self.dim, generator=generator) * mask[..., None]
+        return Batch(modality, hidden, mask, owner, len(data))
+
+    def head(self, modality, hidden, mask, exit_block):
+        weights = mask.to(hidden.dtype)[..., None]
+        return (hidden * weights).sum(1) / weights.sum(1)
+
+
+def test_exits_keep_each_items_own_state_and_embedding_through_the_regroupings():
+    # items leave at several points, so the batch is regrouped (padding columns cut) and states
+    # are taken from sub-batches: each must still be that item's own real tokens after its blocks
+    toy = PaddedToy()
+    sequences, chosen = [2, 1, 3, 1, 2, 1], [3, 1, 8, 2, 3, 5]
+    out = encode_with_exits(toy, "video", sequences, ListPolicy(chosen))
+    batch = toy.tokenize("video", sequences)
+    for item, exit_block in enumerate(chosen):
+        rows = (batch.owner == item).nonzero().flatten()
+        after = batch.hidden[rows]
+        for index in range(exit_block):  # block i adds i + 1, as the blocks do it
+            after = after + (index + 1)
+        mask = batch.mask[rows]
+        expected = toy.head("video", after, mask, exit_block)
+        assert torch.allclose(out.vectors[item], torch.nn.functional.normalize(expected.mean(0), dim=-1), atol=1e-6)
+        if exit_block == 8:
+            assert out.states[item] is None
+            continue
+        assert len(out.states[item]) == len(rows)
+        for state, sequence, sequence_mask in zip(out.states[item], after, mask, strict=True):
+            assert torch.equal(state, sequence[sequence_mask])

@@ -35,16 +35,26 @@ class ExitOutput:
     sequence_blocks: int = 0  # sum over block calls of sequences processed
 
 
-def drop_padding_columns(batch):
-    """Drop trailing columns that are padding in every sequence (exact: padding never influences
-    real tokens in these encoders; positions were added before block 0)."""
-    if batch.mask.numel() == 0:
-        return batch
-    real = batch.mask.any(dim=0).nonzero()
-    last = int(real.max()) + 1 if len(real) else 1
-    if last == batch.mask.shape[1]:
-        return batch
-    return type(batch)(batch.modality, batch.hidden[:, :last], batch.mask[:, :last], batch.owner, batch.n_items)
+def regroup(batch, items: list[int], drop_padding: bool = True):
+    """The sub-batch of the given items (batch.select_items), without (`drop_padding`) the
+    trailing columns that are padding in every sequence left (exact: padding never influences
+    real tokens in these encoders; positions were added before block 0).  On one torch thread (a
+    gather between blocks is a pass over memory; see models.device.one_torch_thread), with the
+    padding columns cut before the copy rather than after."""
+    from recall_cli.models.device import one_torch_thread
+
+    with one_torch_thread():
+        chosen = torch.as_tensor(items, dtype=torch.long, device=batch.owner.device)
+        remap = torch.full((batch.n_items,), -1, dtype=torch.long, device=batch.owner.device)
+        remap[chosen] = torch.arange(len(items), device=batch.owner.device)
+        keep = remap[batch.owner] >= 0
+        mask = batch.mask[keep]
+        hidden = batch.hidden
+        if drop_padding and mask.numel():
+            real = mask.any(dim=0).nonzero()
+            last = int(real.max()) + 1 if len(real) else 1
+            hidden, mask = hidden[:, :last], mask[:, :last]
+        return type(batch)(batch.modality, hidden[keep], mask, remap[batch.owner[keep]], len(items))
 
 
 def item_states(batch, local_items: list[int]) -> list[list[Any]]:
@@ -64,13 +74,23 @@ def _item_states(batch, local_items: list[int]) -> list[list[Any]]:
     rows = [row for item in local_items for row in rows_of.get(item, [])]
     if not rows:
         return [[] for _ in local_items]
+    lengths = batch.mask.sum(dim=1)
     if rows == list(range(batch.mask.shape[0])):
-        hidden, mask = batch.hidden, batch.mask
+        wanted = batch.mask
+    elif rows == sorted(rows):  # in order (each row once): one gather of their real tokens
+        chosen = torch.zeros(batch.mask.shape[0], dtype=torch.bool, device=batch.mask.device)
+        chosen[rows] = True
+        wanted, lengths = batch.mask & chosen[:, None], lengths[rows]
     else:
         index = torch.tensor(rows, dtype=torch.long, device=batch.mask.device)
-        hidden, mask = batch.hidden[index], batch.mask[index]
-    real_tokens = hidden[mask].detach().to("cpu")  # [sum of lengths, D], a fresh tensor
-    pieces = iter(torch.split(real_tokens, mask.sum(dim=1).tolist()))
+        return _split_states(batch.hidden[index][batch.mask[index]], lengths[index], rows_of, local_items)
+    return _split_states(batch.hidden[wanted], lengths, rows_of, local_items)
+
+
+def _split_states(real_tokens, lengths, rows_of: dict, local_items: list[int]) -> list[list[Any]]:
+    """Per item, views of its sequences' rows of `real_tokens` ([sum of lengths, D], in order)."""
+    real_tokens = real_tokens.detach().to("cpu")  # a fresh tensor: the batch's own goes on
+    pieces = iter(torch.split(real_tokens, lengths.tolist()))
     return [[next(pieces) for _ in rows_of.get(item, [])] for item in local_items]
 
 
@@ -214,7 +234,7 @@ def _advance_healed(base: _BasePath, healed_path: _HealedPath, batch, plan: Exit
     for path, items in ((base, full), (healed_path, early)):
         if items:
             with stage("regrouping"):
-                group = drop_padding_columns(batch.select_items(items))
+                group = regroup(batch, items)
             _advance(path, group, items, exits, plan, keep_states)
 
 
@@ -233,14 +253,14 @@ def _advance(path, group, alive: list[int], exits: list[int], plan: ExitPlan, ke
                 _keep_states_at(path, group, alive, exits, plan, position)
         stopping = [local for local, item in enumerate(alive) if exits[item] == point]
         with stage("regrouping"):  # every item stopping here (a fixed exit): no copy of the batch
-            leaving = group if len(stopping) == len(alive) else group.select_items(stopping)
+            leaving = group if len(stopping) == len(alive) else regroup(group, stopping, drop_padding=False)
         for local, vector in zip(stopping, path.embed(leaving, point).float().cpu(), strict=True):
             out.vectors[alive[local]] = vector
         keep = [local for local, item in enumerate(alive) if exits[item] != point]
         if not keep:
             break
         with stage("regrouping"):
-            group = drop_padding_columns(group.select_items(keep))
+            group = regroup(group, keep)
         alive = [alive[local] for local in keep]
 
 
