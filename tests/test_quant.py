@@ -152,3 +152,8 @@ def test_quantisation_leaves_torch_thread_count_and_input_alone():
     before, threads = x.clone(), torch.get_num_threads()
     quant.encode_blobs([([x[:10], x[10:]], 2)])
     assert torch.equal(x, before) and torch.get_num_threads() == threads
+    array = np.random.default_rng(0).normal(size=(16, 40)).astype(np.float32)  # padded to 64 channels
+    kept = array.copy()
+    quant.quantize(array)
+    quant.quantize(array[:, :32])
+    assert np.array_equal(array, kept)

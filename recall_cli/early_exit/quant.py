@@ -75,6 +75,7 @@ def quantize(x, group: int = GROUP_SIZE):
     if group % 2:
         raise ValueError("group size must be even (two codes per byte)")
     with one_torch_thread():
+        source = x
         x = _as_float_tensor(x)
         lead, dim = tuple(x.shape[:-1]), x.shape[-1]
         groups = -(-dim // group)
@@ -87,15 +88,29 @@ def quantize(x, group: int = GROUP_SIZE):
         low = low16.to(torch.float32)
         scale16 = ((g.amax(dim=-1) - low) / LEVELS).to(torch.float16)
         scale = scale16.to(torch.float32).clamp_(min=1e-8)
-        q = torch.sub(g, low[..., None])  # a new tensor: the caller's x is left alone
+        # in place on a float32 copy made here (a bf16 state's, or the padded one); the caller's
+        # float32 tensor gets a new one.  Fresh 11 MB tensors per step cost as much as the
+        # arithmetic: 11.7 -> 6.7 ms of CPU for a batch of 7,360 bf16 MiniLM tokens
+        q = g.sub_(low[..., None]) if _owned(x, source) else torch.sub(g, low[..., None])
         q.div_(scale[..., None]).round_().clamp_(0, LEVELS)
         pairs = q.reshape(-1, groups * group // 2, 2)
-        codes = torch.add(pairs[..., 0], pairs[..., 1], alpha=16).to(torch.uint8)  # odd channel high
+        codes = pairs[..., 1].mul_(16).add_(pairs[..., 0]).to(torch.uint8)  # odd channel high
         return (
             codes.reshape(*lead, groups * group // 2).numpy(),
             scale16.reshape(*lead, groups).numpy(),
             low16.reshape(*lead, groups).numpy(),
         )
+
+
+def _owned(x, source) -> bool:
+    """Whether x (the float32 tensor quantize works on) is a copy of its own, not sharing memory
+    with the caller's `source` (a tensor or numpy array), so it may be overwritten."""
+    torch = _torch()
+    if isinstance(source, np.ndarray):
+        return not np.may_share_memory(x.numpy(), source)
+    if not isinstance(source, torch.Tensor) or source.device.type != "cpu":
+        return True
+    return x.untyped_storage().data_ptr() != source.untyped_storage().data_ptr()
 
 
 def _as_float_tensor(x):
