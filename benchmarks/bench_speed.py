@@ -15,7 +15,8 @@ MiniLM, docstring corpus (one doc per file), the real indexer in this process (m
     of 64 files: what the overlap queue (index/overlap.py) gains or loses;
   * a stage profile of the predictor policy and of full depth (shares of wall time).
 ImageBind-Huge (random weights, vision), generated photos, the real indexer: fp32 and bf16 at full
-depth, bf16 `fixed:16`, and the bare bf16 encoder.  Not in --quick.
+depth, bf16 `fixed:16`, and the bare bf16 encoder, and a stage profile of bf16 full depth.  Not in
+--quick.
 
 Expected run time on 2 quiet cores: --quick ~2 minutes; default (3 rounds) ~8 minutes (MiniLM
 ~1 minute to set up and ~45 s a round, Huge ~1.5 minutes a round); `--minilm --rounds 8` ~7 minutes.
@@ -318,7 +319,8 @@ def huge_section(work: Path, quick: bool, rounds: int) -> dict:
     _bare_arm(bf16, "image", units_per_file[:1])()  # first-call warm-up of the kernels
     log(f"imagebind-huge: {n_images} photos, {rounds} rounds")
     measured = alternate(arms, rounds, log)
-    return {"measured": measured}
+    shares = {"full (bf16)": _profile_shares(arms["full (bf16)"])}
+    return {"measured": measured, "profile_shares": shares}
 
 
 def main(quick: bool = False, rounds: int = 3, minilm_only: bool = False) -> str:
@@ -379,18 +381,22 @@ def render(data: dict) -> str:
         "arm's (1.0 = nothing but the model), paired by round the same way.\n"
     )
     md.append("## Where the time goes (stage profile: share of wall time, CPU seconds)\n")
-    profiles = mini["profile_shares"]
-    names = sorted({name for shares in profiles.values() for name in shares})
-    md.append(
-        markdown_table(
-            ["stage", *(f"{policy} {kind}" for policy in profiles for kind in ("wall", "CPU s"))],
-            [
-                [name, *(cell for shares in profiles.values() for cell in _profile_cells(shares.get(name)))]
-                for name in names
-            ],
-        )
-    )
+    md.append(_profile_table(mini["profile_shares"]))
+    if "profile_shares" in data.get("imagebind_huge", {}):
+        md.append("\nImageBind-Huge vision, bf16 at full depth (what separates it from the bare encoder):\n")
+        md.append(_profile_table(data["imagebind_huge"]["profile_shares"]))
     return "\n".join(md)
+
+
+def _profile_table(profiles: dict) -> str:
+    names = sorted({name for shares in profiles.values() for name in shares})
+    return markdown_table(
+        ["stage", *(f"{policy} {kind}" for policy in profiles for kind in ("wall", "CPU s"))],
+        [
+            [name, *(cell for shares in profiles.values() for cell in _profile_cells(shares.get(name)))]
+            for name in names
+        ],
+    )
 
 
 def _profile_cells(share) -> list[str]:
