@@ -86,9 +86,10 @@ class MiniLM(LayeredEncoder):
         """Windows of WINDOW-2 word pieces with CHUNK_OVERLAP overlap, as slices of the text
         (TokenizedChunk where the window's own ids can be kept)."""
         encoding = self.splitter.encode(text, add_special_tokens=False)
+        ids = encoding.ids  # each read of an Encoding attribute builds a new Python list: read once
+        if len(ids) <= WINDOW - 2:
+            return [self._with_ids(text, ids)]
         offsets = encoding.offsets
-        if len(offsets) <= WINDOW - 2:
-            return [self._with_ids(text, encoding.ids)]
         size, step = WINDOW - 2, WINDOW - 2 - CHUNK_OVERLAP
         words, chunks = encoding.word_ids, []
         for start in range(0, len(offsets), step):
@@ -97,7 +98,7 @@ class MiniLM(LayeredEncoder):
             on_word_bounds = (start == 0 or words[start - 1] != words[start]) and (
                 stop == len(offsets) or words[stop - 1] != words[stop]
             )
-            chunks.append(self._with_ids(chunk, encoding.ids[start:stop]) if on_word_bounds else chunk)
+            chunks.append(self._with_ids(chunk, ids[start:stop]) if on_word_bounds else chunk)
             if start + size >= len(offsets) or len(chunks) == MAX_CHUNKS:
                 break
         return chunks
