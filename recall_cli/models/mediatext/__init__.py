@@ -90,7 +90,9 @@ def read_image_text(path: Path) -> tuple[str, str | None]:
             if not rows:
                 return "", None  # a photo without text: a few ms, no detection pass
         with Image.open(path) as image:
-            return ocr.read_text(image, rows, full_size=lambda: _full_size(path))[:MAX_TEXT], None
+            text, left = ocr.read_text(image, rows, full_size=lambda: _full_size(path))
+        note = f"OCR stopped after {ocr.time_limit():g} s ({left} lines left unread)" if left else None
+        return text[:MAX_TEXT], note
     except Exception as error:  # an image OCR cannot read still has its name and metadata
         return "", f"OCR failed ({type(error).__name__})"
 

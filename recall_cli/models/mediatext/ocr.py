@@ -8,6 +8,11 @@ decides whether recognition runs at all; recognition then reads only the boxes
 found, cropped from the full-resolution image, so small text is read at its real size.  The engine
 is loaded once per process, on the first image that needs it.
 
+Bounded per image: recognition reads the lines top to bottom in chunks and stops once the image
+has taken RECALL_OCR_SECONDS (default 3 s; detection itself is bounded by the size of its copy),
+so a wall of posters or a dense page never holds a `recall watch` batch for long; what was read is
+kept and the file's metadata notes that OCR stopped.
+
 Off with `recall index --no-ocr`, or RECALL_OCR=0 in the environment (also for `recall watch`);
 RECALL_OCR=always runs the detection pass on every image.
 """
@@ -17,12 +22,15 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 
 from recall_cli.models.mediatext.words import with_splits
 
 DETECT_SIDE = 960  # longer side of the detection copy: 14-px text in a 1600-px photo is still found
 MIN_SCORE = 0.5  # recognised lines less certain than this are noise (texture read as letters)
 MAX_BOXES = 200  # a page of text; a photo of gravel does not get thousands of recognitions
+CHUNK = 24  # lines recognised between two looks at the clock (~0.2 s of CPU)
+SECONDS = 3.0  # per image, unless $RECALL_OCR_SECONDS says otherwise
 _state = {"enabled": None}
 _lock = threading.Lock()
 
@@ -52,8 +60,17 @@ def available() -> bool:
     return importlib.util.find_spec("rapidocr_onnxruntime") is not None
 
 
-def read_text(image, rows=None, full_size=None) -> str:
-    """The text in an open PIL image, lines top to bottom, or "" when the detection pass finds none.
+def time_limit() -> float:
+    """Seconds OCR may spend on one image ($RECALL_OCR_SECONDS; a bad value keeps the default)."""
+    try:
+        return max(0.0, float(os.environ.get("RECALL_OCR_SECONDS", SECONDS)))
+    except ValueError:
+        return SECONDS
+
+
+def read_text(image, rows=None, full_size=None) -> tuple[str, int]:
+    """(the text in an open PIL image, lines top to bottom, or "" when the detection pass finds
+    none; the lines found but left unread when the time limit ran out, 0 when all were read).
     `rows`: the bands of rows (fractions of the height of the photo as seen, as the text gate gives
     them) the detection pass reads; None reads the whole image.  `full_size`: opens the file again,
     for recognition at full resolution when the detection copy was decoded at reduced size (a
@@ -62,11 +79,12 @@ def read_text(image, rows=None, full_size=None) -> str:
     import numpy as np
 
     engine, detector = _engines()
+    started = time.monotonic()  # the engine's one-off load is not this image's time
     small = _detection_copy(image)
     with _lock:  # onnxruntime sessions are shared; one image at a time per process
         boxes = _detect(detector, small, rows or [(0.0, 1.0)])
     if not len(boxes):
-        return ""
+        return "", 0
     if full_size is not None and _drafted(image):
         with full_size() as full:
             pixels = _bgr(_upright(full))
@@ -74,11 +92,22 @@ def read_text(image, rows=None, full_size=None) -> str:
         pixels = _bgr(_upright(image))
     stretch = np.array([pixels.shape[1] / small.shape[1], pixels.shape[0] / small.shape[0]], dtype=np.float32)
     boxes = reading_order(boxes[:MAX_BOXES] * stretch)
-    with _lock:
-        crops = engine.get_crop_img_list(pixels, boxes)
-        recognised, _ = engine.text_rec(crops)
+    recognised, left = _recognise(engine, pixels, boxes, started + time_limit())
     lines = [text for text, score in recognised if score >= MIN_SCORE and text.strip()]
-    return "\n".join(with_splits(split_glued(line)) for line in lines)
+    return "\n".join(with_splits(split_glued(line)) for line in lines), left
+
+
+def _recognise(engine, pixels, boxes, deadline: float) -> tuple[list, int]:
+    """(text, score) of the boxes in order, CHUNK at a time until the deadline (the first chunk
+    always); and how many boxes were left unread."""
+    recognised: list = []
+    for start in range(0, len(boxes), CHUNK):
+        if start and time.monotonic() >= deadline:
+            return recognised, len(boxes) - start
+        with _lock:
+            crops = engine.get_crop_img_list(pixels, boxes[start : start + CHUNK])
+            recognised += engine.text_rec(crops)[0]
+    return recognised, 0
 
 
 def _detection_copy(image):
