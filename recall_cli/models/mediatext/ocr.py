@@ -25,6 +25,7 @@ import threading
 import time
 
 from recall_cli.models.mediatext.words import with_splits
+from recall_cli.profiling import stage, timed
 
 DETECT_SIDE = 960  # longer side of the detection copy: 14-px text in a 1600-px photo is still found
 MIN_SCORE = 0.5  # recognised lines less certain than this are noise (texture read as letters)
@@ -80,16 +81,17 @@ def read_text(image, rows=None, full_size=None) -> tuple[str, int]:
 
     engine, detector = _engines()
     started = time.monotonic()  # the engine's one-off load is not this image's time
-    small = _detection_copy(image)
-    with _lock:  # onnxruntime sessions are shared; one image at a time per process
+    small = timed("ocr detection decode", _detection_copy, image)
+    with _lock, stage("ocr detection"):  # onnxruntime sessions are shared; one image at a time per process
         boxes = _detect(detector, small, rows or [(0.0, 1.0)])
     if not len(boxes):
         return "", 0
-    if full_size is not None and _drafted(image):
-        with full_size() as full:
-            pixels = _bgr(_upright(full))
-    else:
-        pixels = _bgr(_upright(image))
+    with stage("ocr full-size decode"):
+        if full_size is not None and _drafted(image):
+            with full_size() as full:
+                pixels = _bgr(_upright(full))
+        else:
+            pixels = _bgr(_upright(image))
     stretch = np.array([pixels.shape[1] / small.shape[1], pixels.shape[0] / small.shape[0]], dtype=np.float32)
     boxes = reading_order(boxes[:MAX_BOXES] * stretch)
     recognised, left = _recognise(engine, pixels, boxes, started + time_limit())
@@ -104,7 +106,7 @@ def _recognise(engine, pixels, boxes, deadline: float) -> tuple[list, int]:
     for start in range(0, len(boxes), CHUNK):
         if start and time.monotonic() >= deadline:
             return recognised, len(boxes) - start
-        with _lock:
+        with _lock, stage("ocr recognition"):
             crops = engine.get_crop_img_list(pixels, boxes[start : start + CHUNK])
             recognised += engine.text_rec(crops)[0]
     return recognised, 0

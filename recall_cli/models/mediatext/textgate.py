@@ -81,8 +81,10 @@ def text_rows(image) -> list[tuple[float, float]]:
     """Where the lines of text are in an open PIL image: bands of rows, as fractions of its height
     from the top of the photo as seen (EXIF orientation applied), with room above and below; []
     when it holds no text.  OCR's detection pass then reads only these bands."""
-    pixels = gate_copy(image)
-    bands = line_bands(pixels)
+    from recall_cli.profiling import timed
+
+    pixels = timed("ocr gate decode", gate_copy, image)
+    bands = timed("ocr gate", line_bands, pixels)
     if bands and _orientation(image) not in (1, 2):  # turned or flipped: the rows are not the stored rows
         return [(0.0, 1.0)]
     return bands
