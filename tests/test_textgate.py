@@ -101,7 +101,7 @@ def test_big_letters_on_a_small_photo_pass(tmp_path, seed):
 
 def test_a_photo_turned_away_never_reaches_the_detection_pass(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(ocr, "read_text", lambda image, rows=None: calls.append(image.size) or "")
+    monkeypatch.setattr(ocr, "read_text", lambda image, rows=None, **_: calls.append(image.size) or ("", 0))
     plain = photo(tmp_path / "plain.jpg", seed=1, size=(1600, 1200))
     describe(plain, "image")
     assert calls == []

@@ -76,7 +76,7 @@ def read_image_text(path: Path) -> tuple[str, str | None]:
     if not ocr.available():
         return "", "OCR unavailable (rapidocr-onnxruntime is not installed)"
     try:
-        from PIL import Image, ImageOps
+        from PIL import Image
 
         from recall_cli.models.mediatext.exif import _register_heif
 
@@ -90,10 +90,21 @@ def read_image_text(path: Path) -> tuple[str, str | None]:
             if not rows:
                 return "", None  # a photo without text: a few ms, no detection pass
         with Image.open(path) as image:
-            image.draft("RGB", (4096, 4096))  # a JPEG decodes at a fraction of its size when that suffices
-            return ocr.read_text(ImageOps.exif_transpose(image), rows)[:MAX_TEXT], None
+            text, left = ocr.read_text(image, rows, full_size=lambda: _full_size(path))
+        note = f"OCR stopped after {ocr.time_limit():g} s ({left} lines left unread)" if left else None
+        return text[:MAX_TEXT], note
     except Exception as error:  # an image OCR cannot read still has its name and metadata
         return "", f"OCR failed ({type(error).__name__})"
+
+
+def _full_size(path: Path):
+    """The image for recognition: full resolution, or a JPEG at a fraction of its size when that is
+    still 4096 px or more (a 50 MP photo's small text stays legible)."""
+    from PIL import Image
+
+    image = Image.open(path)
+    image.draft("RGB", (4096, 4096))
+    return image
 
 
 def compose_text(path: Path, modality: str, facts: dict, text_in_image: str = "") -> str:

@@ -3,7 +3,13 @@ pass runs at all, so that a photo without text stays as cheap as it is without O
 
 A JPEG is decoded at a fraction of its size inside the DCT (Pillow's `draft`: a 1600x1200 photo
 becomes 400x300 for about the cost of reading its entropy-coded data, ~3 ms), other formats at
-full size and reduced.  On that grey copy, a cell of a line of text has many vertical edges
+full size and reduced.  A 12 MP photo becomes 500x375 for ~18 ms of CPU, more than the ~7 ms a
+15% drop leaves OCR when minilm indexes the photo in ~42 ms without it: on camera JPEGs no test
+that reads the pixels keeps OCR within that target.  The 160x120 thumbnail a camera writes into
+EXIF would cost ~1 ms, but the test on it passes only a third of the camera-size photos with
+text that it passes on the file (bench_mediatext).
+
+On that grey copy, a cell of a line of text has many vertical edges
 (letters) and calm background (flat, or several times calmer than the line) both above and below
 it within a line's height.  Such cells are grouped into regions (8-connected), and a region
 counts as text only when it looks like a line of letters, not like the edge of an object or a
@@ -81,8 +87,10 @@ def text_rows(image) -> list[tuple[float, float]]:
     """Where the lines of text are in an open PIL image: bands of rows, as fractions of its height
     from the top of the photo as seen (EXIF orientation applied), with room above and below; []
     when it holds no text.  OCR's detection pass then reads only these bands."""
-    pixels = gate_copy(image)
-    bands = line_bands(pixels)
+    from recall_cli.profiling import timed
+
+    pixels = timed("ocr gate decode", gate_copy, image)
+    bands = timed("ocr gate", line_bands, pixels)
     if bands and _orientation(image) not in (1, 2):  # turned or flipped: the rows are not the stored rows
         return [(0.0, 1.0)]
     return bands
