@@ -52,6 +52,7 @@ from recall_cli.early_exit.calibrate_sample import (
     SampleFirst,
     heal_sample,
     stratified_pick,
+    torch_threads,
 )
 from recall_cli.errors import RecallError
 
@@ -71,12 +72,10 @@ PREDICTOR_SHARE = 0.1  # of the healing time kept for the predictor and saving
 EXPECTED_SKIP = 0.35  # share of encode time exits are expected to save: the check before healing
 FINAL = ("done", "rejected")
 HEADS_SECONDS = 5.0  # what closed-form heads and the predictor cost ("heads" mode), for the check before healing
-# Models a new index does not calibrate unless RECALL_CALIBRATE=1, with the one line `recall stats`
-# gives.  MiniLM on the docstring benchmark (1,275 files; benchmarks/bench_calibrate.py --force):
-# from a 10% sample no exit reaches the gate, whether the heads are fitted in closed form (best:
-# block 5 at held-out cosine 0.81) or LoRA-trained for 50-200 steps (0.78); a 30% sample passes
-# block 5 only (0.85), which skips 1/6 of the blocks of the files after the sample.  So on MiniLM a
-# first index would pay for the sample's ordering and the fits and keep nearly full depth.
+# Models a new index calibrates only with RECALL_CALIBRATE=1 (the line `recall stats` gives).  MiniLM,
+# docstrings (1,275 files): from a 10% sample no exit reaches the gate, closed-form heads (best: block
+# 5 at held-out cosine 0.81) or 50-200 LoRA steps (0.78); a 30% sample passes block 5 only (0.85),
+# which skips 1/6 of the blocks of the files after it: the first index would stay near full depth.
 OFF_BY_DEFAULT: dict[str, str] = {
     "minilm": "minilm's first-run sample heals no exit but block 5 to the quality gate (at most 1/6 of "
     "the blocks saved); RECALL_CALIBRATE=1 on a new index, or `recall heal`",
@@ -254,7 +253,8 @@ class Calibrator:
         write_calibration(self.manifest, {"status": "healing", "sample_units": sample_units, "at": time.time()})
         healed_at = time.perf_counter()
         try:
-            with HealLock(self.db_dir):  # a `recall heal` running meanwhile makes its own version
+            # a `recall heal` running meanwhile makes its own version
+            with HealLock(self.db_dir), torch_threads(1 if self.mode == "heads" else None):
                 outcome = self._heal(model, usable, budget)
         except RecallError as busy:
             return self._record("deferred", str(busy))

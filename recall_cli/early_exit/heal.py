@@ -109,22 +109,13 @@ def ridge_fit(
     """Closed-form linear head features -> targets; the ridge strength is chosen on the held-out
     files by mean cosine (no query is involved)."""
     x = torch.cat([features, torch.ones(len(features), 1)], 1).double()
-    y = targets.double()
-    scale = float((x[train] ** 2).sum() / x.shape[1])
-    best = None
-    for alpha in (1e-3, 1e-2, 1e-1, 1.0, 10.0):  # the larger ones: a small sample (calibration) overfits
-        xt = x[train]
-        w = torch.linalg.solve(xt.T @ xt + alpha * scale * torch.eye(x.shape[1], dtype=x.dtype), xt.T @ y[train])
-        check = held or train
-        cos = float(F.cosine_similarity(x[check] @ w, y[check]).mean())
-        if best is None or cos > best[0]:
-            best = (cos, alpha, w)
-    cos, alpha, w = best
-    layer = nn.Linear(features.shape[1], targets.shape[1])
-    with torch.no_grad():
-        layer.weight.copy_(w[:-1].T.float())
-        layer.bias.copy_(w[-1].float())
-    return layer, {"alpha": alpha, "heldout_cos": cos}
+    y, xt, check = targets.double(), x[train], held or train  # the larger strengths: a small sample overfits
+    solutions = _ridge_solutions(xt.T @ xt, xt.T @ y[train], (1e-3, 1e-2, 1e-1, 1.0, 10.0))
+    cos, alpha, w = max(
+        ((float(F.cosine_similarity(x[check] @ w, y[check]).mean()), alpha, w) for alpha, w in solutions),
+        key=lambda candidate: candidate[0],
+    )
+    return _linear(w), {"alpha": alpha, "heldout_cos": cos}
 
 
 def token_ridge_fit(
@@ -137,22 +128,31 @@ def token_ridge_fit(
     x = torch.cat([token_states[i][exit_block] for i in sample.train]).double()
     y = torch.cat([token_states[i][depth] for i in sample.train]).double()
     x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
-    gram, cross = x.T @ x, x.T @ y
-    scale = float(gram.diagonal().sum() / x.shape[1])
     check = sample.held or sample.train
-    pooled = torch.cat([pooled, torch.ones(len(pooled), 1)], 1).double()
-    best = None
-    for alpha in (1e-4, 1e-3, 1e-2, 1e-1, 1.0):
-        w = torch.linalg.solve(gram + alpha * scale * torch.eye(x.shape[1], dtype=x.dtype), cross)
-        cos = float(F.cosine_similarity(pooled[check] @ w, sample.teacher[check].double()).mean())
-        if best is None or cos > best[0]:
-            best = (cos, alpha, w)
-    cos, alpha, w = best
-    layer = nn.Linear(pooled.shape[1] - 1, y.shape[1])
+    pooled, teacher = torch.cat([pooled, torch.ones(len(pooled), 1)], 1).double()[check], sample.teacher[check].double()
+    solutions = _ridge_solutions(x.T @ x, x.T @ y, (1e-4, 1e-3, 1e-2, 1e-1, 1.0))
+    cos, alpha, w = max(
+        ((float(F.cosine_similarity(pooled @ w, teacher).mean()), alpha, w) for alpha, w in solutions),
+        key=lambda candidate: candidate[0],
+    )
+    return _linear(w), {"alpha": alpha, "heldout_cos": cos, "fit": "tokens", "token_rows": len(x)}
+
+
+def _ridge_solutions(gram: torch.Tensor, cross: torch.Tensor, alphas: tuple[float, ...]):
+    """(alpha, weights) per ridge strength (times the mean feature energy), one eigendecomposition."""
+    scale = float(gram.diagonal().sum() / gram.shape[0])
+    values, vectors = torch.linalg.eigh(gram)
+    projected = vectors.T @ cross
+    for alpha in alphas:
+        yield alpha, vectors @ (projected / (values + alpha * scale)[:, None])
+
+
+def _linear(w: torch.Tensor) -> nn.Linear:
+    layer = nn.Linear(w.shape[0] - 1, w.shape[1])
     with torch.no_grad():
         layer.weight.copy_(w[:-1].T.float())
         layer.bias.copy_(w[-1].float())
-    return layer, {"alpha": alpha, "heldout_cos": cos, "fit": "tokens", "token_rows": len(x)}
+    return layer
 
 
 def choose_labels(
@@ -268,9 +268,9 @@ class Healer:
 
     def _head_embeddings(self, healed: HealedExits, base_outputs: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
         """exit -> the exit heads' unit-norm embeddings of the base model's mean head outputs."""
-        device = healed.model.device
         with torch.no_grad():
-            return {e: F.normalize(healed.heads.head(e)(base_outputs[e].to(device)).cpu(), dim=-1) for e in self.exits}
+            heads = {e: healed.heads.head(e)(base_outputs[e].to(healed.model.device)) for e in self.exits}
+        return {e: F.normalize(out.cpu(), dim=-1) for e, out in heads.items()}
 
     def _train_progressive(
         self, healed: HealedExits, root, sample: Sample, shares: dict[int, float], deadline: float
