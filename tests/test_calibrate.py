@@ -18,6 +18,7 @@ FAST = {
     "RECALL_CALIBRATE": "1",
     "RECALL_CALIBRATE_SAVING": "0",
     "RECALL_CALIBRATE_STEPS": "10",
+    "RECALL_CALIBRATE_MODE": "lora",  # these tests cover the LoRA path; MiniLM's default is heads only
     "RECALL_EXIT_POLICY": "",
 }
 
@@ -199,19 +200,65 @@ def test_held_out_retrieval_tells_a_faithful_exit_from_a_useless_one():
     assert gate.passes(faithful, 0.9) and not gate.passes(scores[1], 0.9)
 
 
-def test_on_by_default_a_small_new_index_defers_and_says_why(tmp_path, monkeypatch):
+def test_minilm_is_off_by_default_says_why_and_a_small_index_turned_on_defers(tmp_path, monkeypatch):
     monkeypatch.delenv("RECALL_CALIBRATE", raising=False)  # the product default (the suite turns it off)
     root, db = tmp_path / "files", tmp_path / "db"
     write_files(root, notes(52))
     cli = Cli(db)
     assert cli("index", root).exit_code == 0
-    state = calibration_state(db)
-    assert state["status"] == "deferred" and "less than" in state["reason"] and "s of healing" in state["reason"]
+    assert calibration_state(db)["status"] == "off"
     assert layout.current_version(db) == 0 and all(row["exit_block"] == row["depth"] for row in rows(db))
-    assert "calibration  deferred: " in cli("stats").stdout
+    assert "calibration  off by default: minilm's first-run sample heals no exit but block 5" in cli("stats").stdout
+    monkeypatch.setenv("RECALL_CALIBRATE", "1")  # on: a small new index defers (healing would not pay)
+    cli2 = Cli(tmp_path / "db2")
+    assert cli2("index", root).exit_code == 0
+    state = calibration_state(tmp_path / "db2")
+    assert state["status"] == "deferred" and "less than" in state["reason"] and "s of healing" in state["reason"]
+    assert "calibration  deferred: " in cli2("stats").stdout
     monkeypatch.setenv("RECALL_CALIBRATE", "0")  # off: a new index never tries
-    assert Cli(tmp_path / "db2")("index", root).exit_code == 0
-    assert calibration_state(tmp_path / "db2") is None
+    assert Cli(tmp_path / "db3")("index", root).exit_code == 0
+    assert calibration_state(tmp_path / "db3") is None
+
+
+def test_minilm_calibration_fits_its_exit_heads_in_closed_form_on_the_first_encodes_token_states(
+    tmp_path, fast_calibration, monkeypatch
+):
+    monkeypatch.delenv("RECALL_CALIBRATE_MODE")  # MiniLM's own mode: heads only
+    fits = []
+    original = heal.token_ridge_fit
+
+    def counted(token_states, exit_block, depth, pooled, sample):
+        fits.append((exit_block, sum(len(token_states[i][exit_block]) for i in sample.train)))
+        return original(token_states, exit_block, depth, pooled, sample)
+
+    def trained(*args, **kwargs):
+        raise AssertionError("no LoRA step in heads mode")
+
+    monkeypatch.setattr(heal, "token_ridge_fit", counted)
+    monkeypatch.setattr(heal.Healer, "_train_stage", trained)
+    root, db = tmp_path / "files", tmp_path / "db"
+    write_files(root, notes(60))
+    assert Cli(db)("index", root).exit_code == 0
+    state = calibration_state(db)
+    assert state["status"] in ("done", "rejected") and state["modalities"]["text"]["steps"] == 0
+    # each exit's head was fitted on many token rows of the training files (not one row per unit)
+    assert [e for e, _ in fits] == [1, 2, 3, 4, 5] and all(count > 5 * calibrate.MIN_FILES for _, count in fits)
+
+
+def test_a_token_level_fit_recovers_a_map_that_one_pooled_row_per_unit_cannot():
+    import torch
+
+    torch.manual_seed(0)
+    dim, units, tokens = 24, 20, 16  # fewer units than dimensions: the pooled fit is underdetermined
+    true_map = torch.randn(dim, dim)
+    states = [torch.randn(tokens, dim) for _ in range(units)]
+    token_states = [{1: x.half(), 6: (x @ true_map).half()} for x in states]
+    pooled = torch.stack([x.mean(0) for x in states])
+    teacher = torch.nn.functional.normalize(torch.stack([(x @ true_map).mean(0) for x in states]), dim=-1)
+    sample = heal.Sample([None] * units, teacher, [str(i) for i in range(units)], list(range(14)), list(range(14, 20)))
+    _, by_tokens = heal.token_ridge_fit(token_states, 1, 6, pooled, sample)
+    _, by_units = heal.ridge_fit(pooled, teacher, sample.train, sample.held)
+    assert by_tokens["heldout_cos"] > 0.99 > 0.9 > by_units["heldout_cos"]
 
 
 def test_a_later_heal_starts_from_the_calibrated_adapters(calibrated, tmp_path):

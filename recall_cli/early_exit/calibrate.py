@@ -9,16 +9,15 @@ How a run calibrates (default policy `auto`, an index never healed, no `--full`)
      anyway, are kept in memory as the sample and its teachers (at most MAX_UNITS per modality),
      with the states the encode passed through on its way to full depth (calibrate_sample.py).
   2. heal: once the sample files are written, each modality with at least MIN_UNITS units is healed
-     (heal.py: ridge heads fitted on the kept states, then progressive LoRA) within BUDGET_SHARE of the run's projected
-     full-depth time (measured on the sample files; clamped to MIN_SECONDS..MAX_SECONDS), or a
-     fixed number of steps ($RECALL_CALIBRATE_STEPS: the same quality on any machine), and the
-     exit predictor is trained on a target of TARGET_COMPUTE of the blocks.
+     (heal.py) by its model's mode (MODES): "heads" fits the exit heads in closed form on the kept
+     states (seconds); "lora" then trains LoRA within BUDGET_SHARE of the run's projected full-depth
+     time (clamped to MIN_SECONDS..MAX_SECONDS) or $RECALL_CALIBRATE_STEPS steps (the same quality on
+     any machine).  The exit predictor is trained on a target of TARGET_COMPUTE of the blocks.
   3. gate: an exit is enabled only if, on files held out of training, its mean cosine to full
      depth reaches GATE_COSINE (0.83) and it brings the full-depth top k of held-out "more like this"
-     queries into its top 5k (calibrate_gate.py: why both); the projected saving over the
-     rest of the run (its units x measured encode time per unit x blocks the predictor skips) must
-     exceed the time spent healing.  Else
-     the index stays at full depth and the manifest says why (`recall stats`, one line).
+     queries into its top 5k (calibrate_gate.py: why both); the projected saving over the rest of
+     the run (its units x measured encode time per unit x blocks the predictor skips) must exceed
+     the time spent healing.  Else the index stays at full depth and `recall stats` says why.
   4. use: the healed exits and predictor are saved as the index's adapter version (the same files
      `recall heal` writes, so a later `recall heal` starts from them, replaces them with a better
      version and refreshes the coarse rows), and the rest of the run encodes with exits.
@@ -31,9 +30,9 @@ new files for the saving to pay ("deferred") or that ends before its sample is c
 "collecting") leaves calibration to a later run.  `index --rebuild` builds a fresh index, which
 calibrates again.
 
-On by default; RECALL_CALIBRATE=0 turns it off.  Before healing, a run checks that the exits could
-pay: the units left x time per unit x EXPECTED_SKIP must exceed the healing budget, so a small
-index (MiniLM encodes ~100 units/s) defers and costs nothing but the sample's ordering; README.md.
+On by default except for the models in OFF_BY_DEFAULT (MiniLM: measured not to pay); RECALL_CALIBRATE=1
+or 0 decides for any model.  Before healing, a run checks that the exits could pay (units left x
+time per unit x EXPECTED_SKIP must exceed the healing budget), else it defers; README.md.
 """
 
 from __future__ import annotations
@@ -46,7 +45,16 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from recall_cli.early_exit.calibrate_sample import Collected, FeatureStore, SampleFirst, heal_sample, stratified_pick
+from recall_cli.early_exit.calibrate_sample import (
+    TOKEN_MEAN_HEADS,
+    Collected,
+    FeatureStore,
+    SampleFirst,
+    heal_sample,
+    stratified_pick,
+    torch_threads,
+)
+from recall_cli.errors import RecallError
 
 log = logging.getLogger("recall")
 
@@ -63,15 +71,30 @@ TARGET_COMPUTE = 0.55
 PREDICTOR_SHARE = 0.1  # of the healing time kept for the predictor and saving
 EXPECTED_SKIP = 0.35  # share of encode time exits are expected to save: the check before healing
 FINAL = ("done", "rejected")
+HEADS_SECONDS = 5.0  # what closed-form heads and the predictor cost ("heads" mode), for the check before healing
+# Models a new index calibrates only with RECALL_CALIBRATE=1 (the line `recall stats` gives).  MiniLM,
+# docstrings (1,275 files): from a 10% sample no exit reaches the gate, closed-form heads (best: block
+# 5 at held-out cosine 0.81) or 50-200 LoRA steps (0.78); a 30% sample passes block 5 only (0.85),
+# which skips 1/6 of the blocks of the files after it: the first index would stay near full depth.
+OFF_BY_DEFAULT: dict[str, str] = {
+    "minilm": "minilm's first-run sample heals no exit but block 5 to the quality gate (at most 1/6 of "
+    "the blocks saved); RECALL_CALIBRATE=1 on a new index, or `recall heal`",
+}
+# How calibration heals, per model ($RECALL_CALIBRATE_MODE overrides): "heads" fits the exit heads in
+# closed form on the sample's encode states (seconds); "lora" trains LoRA too.  MiniLM, docstrings, 30%
+# sample: 200 LoRA steps (1.6 CPU s each) left every held-out cosine below the closed-form start (block
+# 5 0.839 against 0.850, block 4 0.801 against 0.814): too few files to generalise.  ImageBind: unmeasured.
+MODES = {"minilm": "heads"}
 
 
 @dataclass
 class CalibrationOptions:
-    enabled: bool = True
+    enabled: bool | None = None  # None: the model's default (OFF_BY_DEFAULT)
     sample_share: float = SAMPLE_SHARE
     budget_share: float = BUDGET_SHARE
     seconds: float | None = None  # fixed healing time instead of budget_share of the run
     steps: int | None = None  # fixed training steps (load-independent quality)
+    mode: str | None = None  # "heads" or "lora"; None: the model's (MODES)
     check_saving: bool = True
     seed: int = 0
 
@@ -79,13 +102,16 @@ class CalibrationOptions:
     def from_env(cls) -> CalibrationOptions:
         env = os.environ.get
         options = cls()
-        options.enabled = env("RECALL_CALIBRATE", "1").strip().lower() not in ("0", "off", "no", "false", "")
+        switch = env("RECALL_CALIBRATE")
+        if switch is not None:
+            options.enabled = switch.strip().lower() not in ("0", "off", "no", "false", "")
         options.check_saving = env("RECALL_CALIBRATE_SAVING", "1").strip() != "0"
         for name, key, kind in (
             ("sample_share", "RECALL_CALIBRATE_SHARE", float),
             ("budget_share", "RECALL_CALIBRATE_BUDGET", float),
             ("seconds", "RECALL_CALIBRATE_SECONDS", float),
             ("steps", "RECALL_CALIBRATE_STEPS", int),
+            ("mode", "RECALL_CALIBRATE_MODE", str),
         ):
             if env(key):
                 setattr(options, name, kind(env(key)))
@@ -122,11 +148,15 @@ def _calibrator(db_dir: Path, manifest, model_name: str, index_options) -> Calib
     options = CalibrationOptions.from_env()
     spec = (index_options.exit_policy or os.environ.get(POLICY_ENV) or "auto").strip().lower()
     full_depth = index_options.full or manifest.get_meta("full_depth") == "1"
-    if not options.enabled or spec != "auto" or full_depth:
+    if options.enabled is False or spec != "auto" or full_depth:
         return None
     if current_version(db_dir) or (Path(db_dir) / PREDICTOR_FILE).exists():
         return None
     state = read_calibration(manifest)
+    if options.enabled is None and model_name in OFF_BY_DEFAULT:
+        if state is None:  # said once, for `recall stats`; RECALL_CALIBRATE=1 on a later run still calibrates
+            write_calibration(manifest, {"status": "off", "reason": OFF_BY_DEFAULT[model_name], "at": time.time()})
+        return None
     if state and state.get("status") in FINAL:
         return None
     return Calibrator(Path(db_dir), manifest, model_name, options)
@@ -143,10 +173,13 @@ class Calibrator:
         self.sample_written: set[str] = set()  # sample files whose units were flushed
         self.sample_complete = False  # every sample file was applied
         self.by_modality: dict[str, Collected] = {}
-        self.features = FeatureStore()
+        self.features = FeatureStore(tokens=model_name in TOKEN_MEAN_HEADS, seed=options.seed)
         self.files_total = self.files_done = self.units_done = 0
         self.encode_seconds = 0.0
         self.started = time.perf_counter()
+        if (mode := options.mode or MODES.get(model_name, "lora")) not in ("heads", "lora"):
+            raise RecallError(f"RECALL_CALIBRATE_MODE must be heads or lora, not {mode!r}")
+        self.mode = mode
 
     # -------------------------------------------------------------------------- the sample
     def order(self, todo: list, flush) -> list:
@@ -206,7 +239,7 @@ class Calibrator:
         usable = {m: kept for m, kept in self.by_modality.items() if len(kept.data) >= MIN_UNITS}
         if not usable:
             return self._record("deferred", f"too few units to calibrate ({sample_units}; need {MIN_UNITS})")
-        budget = self._budget()
+        budget = self._budget() if self.mode == "lora" else HEADS_SECONDS
         per_unit = self.encode_seconds / max(1, self.units_done)
         units_left = (self.files_total - self.files_done) * self.units_done / max(1, self.files_done)
         if self.options.check_saving and units_left * per_unit * EXPECTED_SKIP < budget:
@@ -215,13 +248,13 @@ class Calibrator:
                 f"{units_left:.0f} units left in this run would save ~{units_left * per_unit * EXPECTED_SKIP:.1f} s, "
                 f"less than {budget:.1f} s of healing",
             )
-        from recall_cli.errors import RecallError
         from recall_cli.storage.lock import HealLock
 
         write_calibration(self.manifest, {"status": "healing", "sample_units": sample_units, "at": time.time()})
         healed_at = time.perf_counter()
         try:
-            with HealLock(self.db_dir):  # a `recall heal` running meanwhile makes its own version
+            # a `recall heal` running meanwhile makes its own version
+            with HealLock(self.db_dir), torch_threads(1 if self.mode == "heads" else None):
                 outcome = self._heal(model, usable, budget)
         except RecallError as busy:
             return self._record("deferred", str(busy))
@@ -261,10 +294,15 @@ class Calibrator:
 
         # the passes over the sample are in the budget: one (healed exits) when the encode's states were kept, else two
         passes = sum(len(kept.data) * (1 if all(kept.features) else 2) for kept in usable.values())
+        passes = 0 if self.mode == "heads" and all(all(kept.features) for kept in usable.values()) else passes
         healed_pass_seconds = passes * self.encode_seconds / self.units_done
         deadline = time.time() + budget * (1 - PREDICTOR_SHARE) - healed_pass_seconds  # that pass is in the budget
         heal_options = HealOptions(
-            budget_minutes=budget / 60, steps=self.options.steps, target_compute=TARGET_COMPUTE, seed=self.options.seed
+            budget_minutes=budget / 60,
+            steps=self.options.steps,
+            target_compute=TARGET_COMPUTE,
+            seed=self.options.seed,
+            mode=self.mode,
         )
         healed, predictors, plans, report, reasons = {}, {}, {}, {"modalities": {}}, []
         gate = Gate()  # thresholds: calibrate_gate.py, or the environment

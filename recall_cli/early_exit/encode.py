@@ -178,14 +178,15 @@ def encode_with_exits(
 # feature taps: the states a full-depth encode passes through, for calibration (calibrate.py)
 # ------------------------------------------------------------------------------------------------
 
-_TAPS: list = []  # weak references to bound `record(modality, data, superficial, per_exit)` methods
+_TAPS: list = []  # weak references to bound `record(modality, data, superficial, per_exit, batches)` methods
 
 
 def add_feature_tap(record) -> None:
     """While `record`'s object lives (and until remove_feature_tap), every full-depth encode also
     hands it, per batch, what healing starts from: the superficial embedding at k0 and the mean head
     output at each exit point (item_mean_head), computed on the way to full depth at the cost of
-    the heads only.  Calibration uses it so its healer does not run the sample's blocks again."""
+    the heads only, and the batch (token states) at each exit point and at full depth.  Calibration
+    uses it so its healer does not run the sample's blocks again."""
     _TAPS.append(weakref.WeakMethod(record))
 
 
@@ -203,14 +204,16 @@ def _full_depth_tapped(base: _BasePath, batch, plan: ExitPlan, data: list, taps:
     model, modality = base.model, base.modality
     batch = base.run(batch, 0, plan.k0, "blocks (full depth)")
     superficial = model.embed(batch, plan.k0).cpu()
-    per_exit, position = {}, plan.k0
+    per_exit, passed, position = {}, {}, plan.k0
     for point in [p for p in plan.points if plan.k0 <= p < plan.depth]:
         batch = base.run(batch, position, point, "blocks (full depth)")
         position = point
         per_exit[point] = item_mean_head(model, batch, point).cpu()
+        passed[point] = batch  # the token states too (a token-level fit of the exit heads)
     batch = base.run(batch, position, plan.depth, "blocks (full depth)")
+    passed[plan.depth] = batch
     for record in taps:
-        record(modality, data, superficial, per_exit)
+        record(modality, data, superficial, per_exit, passed)
     return batch
 
 

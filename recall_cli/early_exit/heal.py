@@ -70,6 +70,8 @@ class Sample:
     # already computed it (calibrate_sample.py); else the healer runs the blocks itself
     superficial: torch.Tensor | None = None
     base_outputs: dict[int, torch.Tensor] | None = None
+    # per unit {block: [t, dim] token states} at the exits and full depth (calibrate_sample.py)
+    token_states: list[dict] | None = None
 
 
 def batches(indices: list[int], size: int):
@@ -107,22 +109,50 @@ def ridge_fit(
     """Closed-form linear head features -> targets; the ridge strength is chosen on the held-out
     files by mean cosine (no query is involved)."""
     x = torch.cat([features, torch.ones(len(features), 1)], 1).double()
-    y = targets.double()
-    scale = float((x[train] ** 2).sum() / x.shape[1])
-    best = None
-    for alpha in (1e-3, 1e-2, 1e-1, 1.0, 10.0):  # the larger ones: a small sample (calibration) overfits
-        xt = x[train]
-        w = torch.linalg.solve(xt.T @ xt + alpha * scale * torch.eye(x.shape[1], dtype=x.dtype), xt.T @ y[train])
-        check = held or train
-        cos = float(F.cosine_similarity(x[check] @ w, y[check]).mean())
-        if best is None or cos > best[0]:
-            best = (cos, alpha, w)
-    cos, alpha, w = best
-    layer = nn.Linear(features.shape[1], targets.shape[1])
+    y, xt, check = targets.double(), x[train], held or train  # the larger strengths: a small sample overfits
+    solutions = _ridge_solutions(xt.T @ xt, xt.T @ y[train], (1e-3, 1e-2, 1e-1, 1.0, 10.0))
+    cos, alpha, w = max(
+        ((float(F.cosine_similarity(x[check] @ w, y[check]).mean()), alpha, w) for alpha, w in solutions),
+        key=lambda candidate: candidate[0],
+    )
+    return _linear(w), {"alpha": alpha, "heldout_cos": cos}
+
+
+def token_ridge_fit(
+    token_states: list[dict], exit_block: int, depth: int, pooled: torch.Tensor, sample: Sample
+) -> tuple[nn.Linear, dict]:
+    """Closed-form linear head from the training units' token states at the exit to the same tokens'
+    states at full depth: for a token-mean head also a map of the pooled output (mean(W h) = W
+    mean(h)), fitted on tens of rows per unit instead of one.  Ridge strength as in ridge_fit, on
+    `pooled` (the units' mean head output at the exit) against the held-out files' teachers."""
+    x = torch.cat([token_states[i][exit_block] for i in sample.train]).double()
+    y = torch.cat([token_states[i][depth] for i in sample.train]).double()
+    x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+    check = sample.held or sample.train
+    pooled, teacher = torch.cat([pooled, torch.ones(len(pooled), 1)], 1).double()[check], sample.teacher[check].double()
+    solutions = _ridge_solutions(x.T @ x, x.T @ y, (1e-4, 1e-3, 1e-2, 1e-1, 1.0))
+    cos, alpha, w = max(
+        ((float(F.cosine_similarity(pooled @ w, teacher).mean()), alpha, w) for alpha, w in solutions),
+        key=lambda candidate: candidate[0],
+    )
+    return _linear(w), {"alpha": alpha, "heldout_cos": cos, "fit": "tokens", "token_rows": len(x)}
+
+
+def _ridge_solutions(gram: torch.Tensor, cross: torch.Tensor, alphas: tuple[float, ...]):
+    """(alpha, weights) per ridge strength (times the mean feature energy), one eigendecomposition."""
+    scale = float(gram.diagonal().sum() / gram.shape[0])
+    values, vectors = torch.linalg.eigh(gram)
+    projected = vectors.T @ cross
+    for alpha in alphas:
+        yield alpha, vectors @ (projected / (values + alpha * scale)[:, None])
+
+
+def _linear(w: torch.Tensor) -> nn.Linear:
+    layer = nn.Linear(w.shape[0] - 1, w.shape[1])
     with torch.no_grad():
         layer.weight.copy_(w[:-1].T.float())
         layer.bias.copy_(w[-1].float())
-    return layer, {"alpha": alpha, "heldout_cos": cos}
+    return layer
 
 
 def choose_labels(
@@ -183,9 +213,12 @@ class Healer:
             warm = warm_start(healed, root, self.options.warm_from)
             stages = self._train_progressive(healed, root, sample, shares, deadline)
         healed.heads.eval().requires_grad_(False)
-        healed_outputs, _ = collect_head_outputs(
-            healed.model, self.modality, sample.data, self.exits, k0, opts.batch, healed=healed
-        )
+        if opts.mode == "lora":
+            healed_outputs, _ = collect_head_outputs(
+                healed.model, self.modality, sample.data, self.exits, k0, opts.batch, healed=healed
+            )
+        else:  # heads only: the blocks are the base ones, so the heads on their outputs are the healed exits
+            healed_outputs = self._head_embeddings(healed, base_outputs)
         report = {
             "modality": self.modality,
             "mode": opts.mode,
@@ -217,6 +250,10 @@ class Healer:
         ridge = {}
         for e in self.exits:
             layer, ridge[e] = ridge_fit(base_outputs[e], sample.teacher, sample.train, sample.held)
+            if sample.token_states is not None:
+                tokens, fit = token_ridge_fit(sample.token_states, e, self.plan.depth, base_outputs[e], sample)
+                if fit["heldout_cos"] > ridge[e]["heldout_cos"]:  # the held-out files decide, as for alpha
+                    layer, ridge[e] = tokens, fit
             heads.maps[str(e)].load_state_dict(layer.state_dict())
         return HealedExits(self.modality, version, self.options.mode, self.plan.k0, self.exits, model, heads), ridge
 
@@ -225,12 +262,15 @@ class Healer:
     ) -> dict[int, float]:
         """exit -> share of the sample the predictor labels would send there with the ridge heads
         alone: an estimate of how many files will use each exit, to split the training time."""
-        device = healed.model.device
-        ridge_embeddings = {
-            e: F.normalize(healed.heads.head(e)(base_outputs[e].to(device)).cpu(), dim=-1) for e in self.exits
-        }
+        ridge_embeddings = self._head_embeddings(healed, base_outputs)
         labels, _ = choose_labels(ridge_embeddings, sample.teacher, self.plan.points, self.options.target_compute)
         return {e: labels.count(e) / len(labels) for e in self.exits}
+
+    def _head_embeddings(self, healed: HealedExits, base_outputs: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """exit -> the exit heads' unit-norm embeddings of the base model's mean head outputs."""
+        with torch.no_grad():
+            heads = {e: healed.heads.head(e)(base_outputs[e].to(healed.model.device)) for e in self.exits}
+        return {e: F.normalize(out.cpu(), dim=-1) for e, out in heads.items()}
 
     def _train_progressive(
         self, healed: HealedExits, root, sample: Sample, shares: dict[int, float], deadline: float
