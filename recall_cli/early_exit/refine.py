@@ -158,7 +158,7 @@ class Refiner:
         return out
 
     def _run_threads(self, plans, report: RefineReport) -> tuple[int, float]:
-        """On a CPU, refinement runs on one thread like query encoding (search._encode_queries):
+        """On a CPU, refinement runs on one thread like query encoding (query/embed.py):
         measured here, a few candidates on two threads of a busy 2-core CPU stall 30x longer."""
         import torch
 

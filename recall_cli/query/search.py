@@ -12,6 +12,7 @@ from recall_cli.early_exit.candidates import POOL_MIN, POOL_PER_RESULT
 from recall_cli.errors import REBUILD_HINT, RecallError, StorageError, error_text, storage_error
 from recall_cli.modalities import check_modality
 from recall_cli.models import load_model, load_query_encoder
+from recall_cli.query.embed import encode_queries
 from recall_cli.query.mediafilter import media_clauses, result_meta, uses_media_filters
 from recall_cli.query.options import QueryOptions
 from recall_cli.storage.exit_summary import ExitSummary
@@ -135,7 +136,7 @@ class Searcher:
         like = self._like_vector(options.like) if options.like else None
         embed = options.mode != "keyword" or options.min_score is not None  # keyword mode needs no vector
         terms = sorted({term for query in queries for _, term in query.terms}) if embed else []
-        encoded = dict(zip(terms, _encode_queries(self.query_encoder, terms), strict=True)) if terms else {}
+        encoded = dict(zip(terms, encode_queries(self.query_encoder, terms), strict=True)) if terms else {}
         results = []
         for text, query, job, each, where in zip(texts, queries, keyword_jobs, per_query, wheres, strict=True):
             vector = self._query_vector(text, query.terms if embed else [], encoded, like)
@@ -330,24 +331,6 @@ def _upgrade_progress():
             sys.stderr.write("\n")
 
     return show
-
-
-def _encode_queries(model, texts: list[str]):
-    """A few query texts are encoded on one CPU thread: as fast as two for a short input, never
-    stalled by a busy second core, and the same numbers warm (watch server) and cold.  A light
-    query encoder (numpy) returns its array as it is."""
-    if not hasattr(model, "encode"):
-        return model.encode_texts(texts)
-    import torch
-
-    if len(texts) > 8:
-        return model.encode_texts(texts).cpu().numpy()
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # per calling thread (OpenMP); restored below
-    try:
-        return model.encode_texts(texts).cpu().numpy()
-    finally:
-        torch.set_num_threads(previous)
 
 
 RESULT_FIELDS = (
