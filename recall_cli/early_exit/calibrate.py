@@ -23,16 +23,15 @@ How a run calibrates (default policy `auto`, an index never healed, no `--full`)
      version and refreshes the coarse rows), and the rest of the run encodes with exits.
 
 Once: the outcome ("done" or "rejected") is kept in the manifest's meta; an index that has it never
-calibrates again (`recall heal` is the way to heal further).  A run that is interrupted while
-collecting or healing leaves no adapter version in use (the version becomes current last) and its
-full-depth rows stay exact; the next run calibrates from its own first files.  A run with too few
-new files for the saving to pay ("deferred") or that ends before its sample is complete (still
-"collecting") leaves calibration to a later run.  `index --rebuild` builds a fresh index, which
-calibrates again.
+calibrates again (`recall heal` heals further).  A run interrupted while collecting or healing
+leaves no adapter version in use (the version becomes current last) and its full-depth rows stay
+exact; the next run calibrates from its own first files.  A run with too few new files for the
+saving to pay ("deferred") or that ends before its sample is complete ("collecting") leaves
+calibration to a later run; `index --rebuild` builds a fresh index, which calibrates again.
 
-On by default except for the models in OFF_BY_DEFAULT (MiniLM: measured not to pay); RECALL_CALIBRATE=1
-or 0 decides for any model.  Before healing, a run checks that the exits could pay (units left x
-time per unit x EXPECTED_SKIP must exceed the healing budget), else it defers; README.md.
+On by default except for OFF_BY_DEFAULT (MiniLM: measured not to pay); RECALL_CALIBRATE=1 or 0 decides
+for any model.  A run first checks that the exits could pay (units left x time per unit x EXPECTED_SKIP
+must exceed the healing budget), else it defers; README.md.
 """
 
 from __future__ import annotations
@@ -42,6 +41,7 @@ import logging
 import math
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -52,9 +52,10 @@ from recall_cli.early_exit.calibrate_sample import (
     SampleFirst,
     heal_sample,
     stratified_pick,
-    torch_threads,
 )
 from recall_cli.errors import RecallError
+from recall_cli.models.device import one_torch_thread
+from recall_cli.storage.lock import HealLock
 
 log = logging.getLogger("recall")
 
@@ -248,13 +249,12 @@ class Calibrator:
                 f"{units_left:.0f} units left in this run would save ~{units_left * per_unit * EXPECTED_SKIP:.1f} s, "
                 f"less than {budget:.1f} s of healing",
             )
-        from recall_cli.storage.lock import HealLock
-
         write_calibration(self.manifest, {"status": "healing", "sample_units": sample_units, "at": time.time()})
         healed_at = time.perf_counter()
         try:
-            # a `recall heal` running meanwhile makes its own version
-            with HealLock(self.db_dir), torch_threads(1 if self.mode == "heads" else None):
+            # a `recall heal` meanwhile makes its own version; closed-form heads on one thread (two
+            # busy cores: 1.1 s where two threads, spinning against each other, took 8 s)
+            with HealLock(self.db_dir), one_torch_thread() if self.mode == "heads" else nullcontext():
                 outcome = self._heal(model, usable, budget)
         except RecallError as busy:
             return self._record("deferred", str(busy))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import random
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 HELDOUT_FILES = 0.2
@@ -79,22 +78,6 @@ def _token_rows(batches: dict, n_items: int, seed: int) -> list[dict]:
     rows = {block: batch.hidden[sequences, positions].to("cpu", torch.float16) for block, batch in batches.items()}
     by_item = [(owners == item).nonzero().flatten()[:TOKENS_PER_UNIT] for item in range(n_items)]
     return [{block: states[chosen] for block, states in rows.items()} for chosen in by_item]
-
-
-@contextmanager
-def torch_threads(count: int | None):
-    """torch on `count` threads inside (None: unchanged).  Closed-form heads are a few 385 x 385
-    eigendecompositions: on two busy cores one thread did them in 1.1 s of wall time (0.6 s of CPU)
-    where two threads took 8 s (5.3 s of CPU), spinning against each other and the other work."""
-    import torch
-
-    before = torch.get_num_threads()
-    if count:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class SampleFirst(list):
