@@ -83,8 +83,8 @@ def read_text(image, rows=None, full_size=None) -> tuple[str, int]:
     `rows`: the bands of rows (fractions of the height of the photo as seen, as the text gate gives
     them) the detection pass reads; None reads the whole image.  `full_size`: opens the file again,
     for recognition at full resolution when the detection copy was decoded at reduced size (a
-    JPEG is, inside the DCT: a 12 MP photo costs a quarter of its full decode at 1/4 scale), so a
-    photo without text never pays for its full decode."""
+    JPEG is, inside the DCT: _detection_copy), so a photo without text never pays for its full
+    decode."""
     import numpy as np
 
     engine, detector = _engines()
