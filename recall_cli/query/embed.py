@@ -29,13 +29,9 @@ def _encode_slice(model, texts: list[str]) -> np.ndarray:
     same warm (watch, server) and cold.  A light query encoder (numpy) returns its array as it is."""
     if not hasattr(model, "encode"):
         return model.encode_texts(texts)
-    import torch
-
     if len(texts) > ONE_THREAD_UP_TO:
         return model.encode_texts(texts).cpu().numpy()
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # per calling thread (OpenMP); restored below
-    try:
+    from recall_cli.models.device import one_torch_thread
+
+    with one_torch_thread():
         return model.encode_texts(texts).cpu().numpy()
-    finally:
-        torch.set_num_threads(previous)
