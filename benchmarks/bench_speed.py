@@ -8,9 +8,12 @@ every table "BUSY" (do not publish those timings).  `--minilm`: the MiniLM secti
 to results/speed-minilm.*), the form to repeat with many rounds.
 
 MiniLM, docstring corpus (one doc per file), the real indexer in this process (model loaded once):
-  * bare encoder: the same units through the same model and batch size, nothing else;
+  * bare encoder: the same units through the same model and batch size, nothing else, on the
+    pipeline's encode workers (two MiniLM batches side by side, models/device.encode_workers), and
+    again one batch at a time on all of torch's threads (what `model.encode` in a loop does);
   * `recall index --full` at the default precision and in fp32; fixed:3; a fixed mix; the
     predictor policy (trained on other docstrings), each next to its ideal (full / blocks run);
+    full again with RECALL_ENCODE_WORKERS=1 (one batch at a time);
   * full and fixed:3 again with encoding overlapped (RECALL_OVERLAP=1, off by default) in batches
     of 64 files: what the overlap queue (index/overlap.py) gains or loses;
   * a stage profile of the predictor policy and of full depth (shares of wall time).
@@ -18,8 +21,9 @@ ImageBind-Huge (random weights, vision), generated photos, the real indexer: fp3
 depth, bf16 `fixed:16`, and the bare bf16 encoder, and a stage profile of bf16 full depth.  Not in
 --quick.
 
-Expected run time on 2 quiet cores: --quick ~2 minutes; default (3 rounds) ~8 minutes (MiniLM
-~1 minute to set up and ~45 s a round, Huge ~1.5 minutes a round); `--minilm --rounds 8` ~7 minutes.
+Expected run time on 2 quiet cores: --quick ~2 minutes; default (3 rounds) ~10 minutes (MiniLM
+~1 minute to set up and ~55 s a round; Huge ~1.5 minutes to build its two models and ~40 s a round
+with its 16 photos); `--minilm --rounds 8` ~8 minutes.
 """
 
 from __future__ import annotations
@@ -42,17 +46,20 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _index_arm(files: Path, db: Path, model: str, dtype: str, policy: str, overlap: bool = False):
+def _index_arm(files: Path, db: Path, model: str, dtype: str, policy: str, overlap: bool = False, workers: str = ""):
     """One run of the real indexer into a fresh index: the units and blocks it did.  `overlap`
     True: encoding overlapped with decoding and writes (RECALL_OVERLAP=1), to measure the queue,
     in the media batch size (256 units or 64 files): the whole text corpus fits in one text batch,
-    which leaves the queue nothing to overlap."""
+    which leaves the queue nothing to overlap.  `workers` "1": one batch at a time on all of torch's
+    threads ($RECALL_ENCODE_WORKERS) instead of the default batches side by side."""
     from recall_cli.index import indexer
     from recall_cli.index.indexer import IndexOptions, index_roots
     from recall_cli.index.overlap import OVERLAP_ENV
+    from recall_cli.models.device import WORKERS_ENV
 
     def run() -> dict:
         os.environ[OVERLAP_ENV] = "1" if overlap else "0"
+        os.environ[WORKERS_ENV] = workers
         text_bounds = indexer.TEXT_FLUSH_UNITS, indexer.TEXT_FLUSH_FILES
         if overlap:
             indexer.TEXT_FLUSH_UNITS, indexer.TEXT_FLUSH_FILES = indexer.FLUSH_UNITS, indexer.FLUSH_FILES
@@ -67,6 +74,7 @@ def _index_arm(files: Path, db: Path, model: str, dtype: str, policy: str, overl
             summary = index_roots([str(files)], db, options)
         finally:
             os.environ.pop(OVERLAP_ENV, None)
+            os.environ.pop(WORKERS_ENV, None)
             indexer.TEXT_FLUSH_UNITS, indexer.TEXT_FLUSH_FILES = text_bounds
         return {
             "files": summary.added,
@@ -78,24 +86,27 @@ def _index_arm(files: Path, db: Path, model: str, dtype: str, policy: str, overl
     return run
 
 
-def _bare_arm(model, modality: str, units_per_file: list[list]):
-    """The encoder alone: the same units, the same batch size, sorted as the pipeline sorts them
-    (by length within each flush of the index run: index/indexer.py gathers files into flushes and
-    index/pipeline.py sorts each by length).  Sorting across the whole corpus instead, as this arm
-    did before, gave it 5% fewer padded tokens than the pipeline could have on 200 docstrings in
-    flushes of 64 files: a saving of batching, not of the work around the model."""
+def _bare_arm(model, modality: str, units_per_file: list[list], workers: int | None = None):
+    """The encoder alone: the same units, the same batch size, sorted and batched as the pipeline
+    does (by length, longest first, within each flush of the index run: index/indexer.py gathers
+    files into flushes and index/pipeline.py sorts each), on the pipeline's encode workers
+    (models/device.encode_workers; `workers` 1: one batch at a time on all of torch's threads).
+    Sorting across the whole corpus instead, as this arm did before, gave it 5% fewer padded
+    tokens than the pipeline could have on 200 docstrings in flushes of 64 files: a saving of
+    batching, not of the work around the model."""
     from recall_cli.modalities import batch_size
+    from recall_cli.models.device import encode_workers, map_batches
 
     size = batch_size(modality)
     windows = [[unit.data for unit in window] for window in _flush_windows(units_per_file)]
     if modality == "text":
-        windows = [sorted(window, key=len) for window in windows]
+        windows = [sorted(window, key=len, reverse=True) for window in windows]
+    batches = [window[start : start + size] for window in windows for start in range(0, len(window), size)]
     n_files, n_units = len(units_per_file), sum(len(window) for window in windows)
+    threads = workers or encode_workers(model, len(batches))
 
     def run() -> dict:
-        for window in windows:
-            for start in range(0, len(window), size):
-                model.encode(modality, window[start : start + size])
+        map_batches(lambda batch: model.encode(modality, batch), batches, threads)
         return {"files": n_files, "units": n_units, "blocks_run": 0, "blocks_full": 0}
 
     return run
@@ -245,9 +256,13 @@ def minilm_section(work: Path, quick: bool, rounds: int) -> dict:
         (warm / f"{r['id']}.txt").write_text(r["doc"], encoding="utf-8")
     for dtype in (default, "fp32"):
         index_roots([str(warm)], work / f"warm-{dtype}", IndexOptions(model="minilm", dtype=dtype, full=True))
-    arms = {"bare encoder": _bare_arm(model, "text", units_per_file)}
+    arms = {
+        "bare encoder": _bare_arm(model, "text", units_per_file),
+        "bare encoder (one batch at a time)": _bare_arm(model, "text", units_per_file, workers=1),
+    }
     for policy in ("full", "fixed:3", MIX, "predictor"):
         arms[policy] = _index_arm(files, work / "db", "minilm", default, policy)
+    arms["full (one batch at a time)"] = _index_arm(files, work / "db", "minilm", default, "full", workers="1")
     arms["full (overlapped)"] = _index_arm(files, work / "db", "minilm", default, "full", overlap=True)
     arms["fixed:3 (overlapped)"] = _index_arm(files, work / "db", "minilm", default, "fixed:3", overlap=True)
     if default != "fp32":
@@ -292,7 +307,7 @@ def huge_section(work: Path, quick: bool, rounds: int) -> dict:
     from recall_cli.models.device import precision_key
     from recall_cli.models.imagebind.model import HUGE_CONFIG, ImageBindEncoder
 
-    n_images = 4 if quick else 8
+    n_images = 8 if quick else 16
     files = work / "photos"
     _photos(files, n_images)
     for dtype, torch_dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):

@@ -158,7 +158,7 @@ def test_a_run_interrupted_while_collecting_or_healing_resumes(tmp_path, fast_ca
     # 1. stopped while the sample files are being indexed: their rows stay, exact
     layout.prepare_index_dir(db)
     summary = index_locked(db, [str(root)], IndexOptions(), should_stop=stop_after_20)
-    assert summary.added == 20 and calibration_state(db)["status"] == "collecting"
+    assert summary.added == 20 and calibration_state(db)["status"] == "collecting", calibration_state(db)
     assert all(row["refined"] for row in rows(db))
 
     # 2. interrupted (Ctrl-C) while healing: no adapter version is made current

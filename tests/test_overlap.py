@@ -16,6 +16,7 @@ from conftest import write_files
 from recall_cli.index import indexer, pipeline
 from recall_cli.index.indexer import IndexOptions, index_roots
 from recall_cli.index.overlap import OVERLAP_ENV
+from recall_cli.models.base import LayeredEncoder
 from recall_cli.models.minilm.model import MiniLM
 from recall_cli.storage.table import Store
 
@@ -69,6 +70,9 @@ def test_encoding_overlaps_decoding_and_gives_the_index_a_serial_run_gives(tmp_p
 
     monkeypatch.setattr(pipeline, "encode_units", encode_units)
     monkeypatch.setattr(MiniLM, "file_units", file_units)
+    # a window of new files is decoded in one call (index/decode_ahead.py): through file_units here,
+    # so each file's decoding is seen
+    monkeypatch.setattr(MiniLM, "text_files_units", LayeredEncoder.text_files_units)
     monkeypatch.setattr(Store, "upsert", upsert)
     options = IndexOptions(exit_policy="fixed:3")
     summary = index_roots([str(root)], tmp_path / "overlapped", options)

@@ -153,7 +153,7 @@ def encode_with_exits(
         with stage("tokenising"):
             batch = model.tokenize(modality, data)
         if policy.is_full(modality):
-            taps = _live_taps()
+            taps = live_taps()
             if taps:
                 batch = _full_depth_tapped(base, batch, plan, data, taps)
             else:
@@ -194,7 +194,7 @@ def remove_feature_tap(record) -> None:
     _TAPS[:] = [ref for ref in _TAPS if ref() is not None and ref() != record]
 
 
-def _live_taps() -> list:
+def live_taps() -> list:
     _TAPS[:] = [ref for ref in _TAPS if ref() is not None]
     return [ref() for ref in _TAPS]
 

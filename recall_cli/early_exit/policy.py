@@ -20,6 +20,7 @@ routine finds the healed exit path (adapters.py).
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -85,9 +86,11 @@ class MixPolicy(ExitPolicy):
         self.fractions = {int(k): v / total for k, v in sorted(fractions.items())}
         self.name = "mix:" + ",".join(f"{k}={v:g}" for k, v in self.fractions.items())
         self.counter = 0
+        self._counting = threading.Lock()  # batches encoded side by side take their turns whole
 
     def choose(self, modality, plan, superficial):
-        return [plan.snap(max(self._next_exit(plan.depth), plan.k0)) for _ in range(int(superficial.shape[0]))]
+        with self._counting:
+            return [plan.snap(max(self._next_exit(plan.depth), plan.k0)) for _ in range(int(superficial.shape[0]))]
 
     def _next_exit(self, depth: int) -> int:
         u = (self.counter * GOLDEN_RATIO_FRACTION + 0.5) % 1.0
@@ -125,11 +128,13 @@ class HealedSource:
     def __init__(self, db_dir: Path):
         self.db_dir = Path(db_dir)
         self.loaded: dict[str, Any] = {}
+        self._loading = threading.Lock()  # batches encoded side by side ask at once: load once
 
     def get(self, model, modality: str):
-        if modality not in self.loaded:
-            self.loaded[modality] = load_healed(self.db_dir, model, modality)
-        return self.loaded[modality]
+        with self._loading:
+            if modality not in self.loaded:
+                self.loaded[modality] = load_healed(self.db_dir, model, modality)
+            return self.loaded[modality]
 
 
 def parse_policy(spec: str | None, db_dir: Path | None = None, model_name: str | None = None) -> ExitPolicy:

@@ -7,10 +7,14 @@ blocks again.
 
 Quantisation (asymmetric, group-wise along the hidden dimension):
     every run of GROUP_SIZE consecutive channels of one token has its own fp16 `scale` and `low`:
-        low   = min(x),  scale = (max(x) - min(x)) / 15
-        q     = round((x - low) / scale)  in 0..15          (4 bits)
+        low   = fp16(min(x)),  scale = fp16((max(x) - low) / 15), or 1 where that is 0
+        q     = round((x - low) * (1 / scale))  in 0..15    (4 bits; float32, ties to even)
         x_hat = low + q * scale
     two codes share a byte (even channel in the low nibble, odd channel in the high nibble).
+    This is FBGEMM's 4-bit row-wise format (one row per group), so torch's fused kernel for it
+    writes the codes where it exists; blobs of recall 0.x before this rule stored scale 0 for a
+    constant group and divided by the scale, which decodes the same (q is 0 there; elsewhere
+    the two roundings differ on 1 code in ~17,000, by one step).
 GROUP_SIZE = 32: measured on all-MiniLM-L6-v2 hidden states of the docstring corpus, the relative
 error ||x - x_hat|| / ||x|| is 0.088-0.093 at group 32 at every exit block (0.070 at 16, 0.108-0.116
 at 64, 0.128-0.143 at 128), and the full-depth embedding resumed from the dequantised state has
@@ -64,53 +68,67 @@ def quantize(x, group: int = GROUP_SIZE):
     [..., G], lows fp16 [..., G]) as numpy arrays.  D is padded with zeros up to a multiple of
     `group` (Dp = G * group); `group` must be even.
 
-    Done with torch on one thread, in float32 (exact for bf16/fp16 states): a batch of 7,360
-    MiniLM tokens took 9.4 ms of CPU against 17-19 ms for the same steps in numpy (whose min/max
-    over a 32-wide axis is slow), and the bytes are the same.  One thread because the op is a few
-    passes over memory: on a shared 2-core machine torch's second thread waited for a core longer
-    than it saved (a tenfold slowdown measured)."""
-    from recall_cli.models.device import one_torch_thread
-
+    Through FBGEMM's fused row-wise 4-bit kernel (one pass, on torch's threads) where this torch
+    has it: a batch of 7,360 MiniLM tokens took 3.6 ms of CPU against 8.6 ms for the same formula
+    in separate torch ops (and 17-19 ms in numpy), the bytes the same."""
     torch = _torch()
     if group % 2:
         raise ValueError("group size must be even (two codes per byte)")
-    with one_torch_thread():
-        source = x
-        x = _as_float_tensor(x)
-        lead, dim = tuple(x.shape[:-1]), x.shape[-1]
-        groups = -(-dim // group)
-        x = x.reshape(-1, dim)
-        if groups * group != dim:
-            x = torch.nn.functional.pad(x, (0, groups * group - dim))
-        g = x.reshape(-1, groups, group)
-        # scales and lows are stored in fp16: quantise against the rounded values so the codes match
-        low16 = g.amin(dim=-1).to(torch.float16)
-        low = low16.to(torch.float32)
-        scale16 = ((g.amax(dim=-1) - low) / LEVELS).to(torch.float16)
-        scale = scale16.to(torch.float32).clamp_(min=1e-8)
-        # in place on a float32 copy made here (a bf16 state's, or the padded one); the caller's
-        # float32 tensor gets a new one.  Fresh 11 MB tensors per step cost as much as the
-        # arithmetic: 11.7 -> 6.7 ms of CPU for a batch of 7,360 bf16 MiniLM tokens
-        q = g.sub_(low[..., None]) if _owned(x, source) else torch.sub(g, low[..., None])
-        q.div_(scale[..., None]).round_().clamp_(0, LEVELS)
-        pairs = q.reshape(-1, groups * group // 2, 2)
-        codes = pairs[..., 1].mul_(16).add_(pairs[..., 0]).to(torch.uint8)  # odd channel high
-        return (
-            codes.reshape(*lead, groups * group // 2).numpy(),
-            scale16.reshape(*lead, groups).numpy(),
-            low16.reshape(*lead, groups).numpy(),
-        )
+    x = _as_float_tensor(x)
+    lead, dim = tuple(x.shape[:-1]), x.shape[-1]
+    groups = -(-dim // group)
+    x = x.reshape(-1, dim)
+    if groups * group != dim:
+        x = torch.nn.functional.pad(x, (0, groups * group - dim))
+    rows = x.reshape(-1, group)  # one FBGEMM row per group of one token
+    fused = _fused_kernel()
+    codes, scales, lows = _split_rows(fused(rows.contiguous())) if fused else _quantize_rows(rows)
+    return (
+        codes.reshape(*lead, groups * group // 2).numpy(),
+        scales.reshape(*lead, groups).numpy(),
+        lows.reshape(*lead, groups).numpy(),
+    )
 
 
-def _owned(x, source) -> bool:
-    """Whether x (the float32 tensor quantize works on) is a copy of its own, not sharing memory
-    with the caller's `source` (a tensor or numpy array), so it may be overwritten."""
+def _fused_kernel():
+    """torch's FBGEMM row-wise 4-bit quantisation (rows of float32 -> rows of codes, fp16 scale,
+    fp16 low), or None in a torch built without it (then the torch ops below do the same)."""
     torch = _torch()
-    if isinstance(source, np.ndarray):
-        return not np.may_share_memory(x.numpy(), source)
-    if not isinstance(source, torch.Tensor) or source.device.type != "cpu":
-        return True
-    return x.untyped_storage().data_ptr() != source.untyped_storage().data_ptr()
+    try:
+        return torch.ops.quantized.embedding_bag_4bit_prepack if FUSED_KERNEL else None
+    except (AttributeError, RuntimeError):
+        return None
+
+
+FUSED_KERNEL = True  # False: always the separate torch ops (tests compare the two paths)
+
+
+def _split_rows(packed):
+    """FBGEMM's rows (codes, then the fp16 scale, then the fp16 low) as the three arrays."""
+    torch = _torch()
+    half = packed.shape[1] - 4
+    codes = packed[:, :half].contiguous()
+    scales = packed[:, half : half + 2].contiguous().view(torch.float16)
+    lows = packed[:, half + 2 :].contiguous().view(torch.float16)
+    return codes, scales, lows
+
+
+def _quantize_rows(rows):
+    """The format's formula in torch ops on one thread (each a pass or two over memory): [R, group]
+    float32 -> codes [R, group/2] uint8, scales [R] fp16, lows [R] fp16."""
+    from recall_cli.models.device import one_torch_thread
+
+    torch = _torch()
+    with one_torch_thread():
+        low16 = rows.amin(dim=-1).to(torch.float16)
+        low = low16.to(torch.float32)
+        scale16 = ((rows.amax(dim=-1) - low) / LEVELS).to(torch.float16)
+        scale16 = torch.where(scale16 == 0, torch.ones_like(scale16), scale16)
+        inverse = 1 / scale16.to(torch.float32)
+        q = torch.sub(rows, low[:, None]).mul_(inverse[:, None]).round_().clamp_(0, LEVELS)
+        pairs = q.reshape(len(rows), -1, 2)
+        codes = pairs[..., 1].mul_(16).add_(pairs[..., 0]).to(torch.uint8)  # odd channel high
+        return codes, scale16, low16
 
 
 def _as_float_tensor(x):
@@ -150,8 +168,9 @@ def encode_blobs(items: list[tuple[list, int]], group: int = GROUP_SIZE) -> list
     dim = int(items[0][0][0].shape[-1])
     from recall_cli.models.device import one_torch_thread
 
-    with one_torch_thread():  # the join too: torch.cat on two threads took 190 ms a batch on a busy CPU
-        codes, scales, lows = quantize(_all_tokens([seq for sequences, _ in items for seq in sequences], dim), group)
+    with one_torch_thread():  # the join: torch.cat on two threads took 190 ms a batch on a busy CPU
+        tokens = _all_tokens([seq for sequences, _ in items for seq in sequences], dim)
+    codes, scales, lows = quantize(tokens, group)
     # little-endian views (no copy on a little-endian machine); each blob is one join of its header
     # and views into these arrays: one copy of its bytes, not three
     scales, lows = scales.astype("<f2", copy=False), lows.astype("<f2", copy=False)

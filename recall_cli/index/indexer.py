@@ -20,6 +20,7 @@ from pathlib import Path
 
 from recall_cli.early_exit.calibrate import start_calibration
 from recall_cli.errors import first_line, storage_error
+from recall_cli.index.decode_ahead import DecodeAhead
 from recall_cli.index.hashing import file_hash
 from recall_cli.index.media import attach_text_side, media_facts, refresh_text_side
 from recall_cli.index.options import IndexOptions, IndexSummary, bind_model, check_model_version, check_roots
@@ -185,6 +186,7 @@ class _IndexRun:
     def _apply_all(self, todo, gone: list[str], known: dict[str, FileRecord]) -> IndexSummary:
         stopped = False
         self.calibration, todo = start_calibration(self, todo)  # a new index heals its exits on its first files
+        self.decode_ahead = DecodeAhead(todo, TEXT_FLUSH_FILES)
         try:
             for done, (entry, record) in enumerate(todo, 1):
                 if self.should_stop():
@@ -274,7 +276,7 @@ class _IndexRun:
             return
         model = self.model  # loading it (or finding the index unusable) is not this file's problem
         try:
-            units = timed("decoding", model.file_units, Path(entry.path), modality)
+            units = timed("decoding", self.decode_ahead.units, entry, modality, model)
             timed("media text", attach_text_side, units, entry.path, modality)
         except Exception as error:  # one bad file never stops the run
             self._finish_failed(entry, content_hash, modality, _one_line(error))

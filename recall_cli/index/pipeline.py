@@ -32,23 +32,31 @@ def encode_units(model: LayeredEncoder, units: list[Unit], full: bool = False, p
     input costs only itself.  `full`: every unit runs every block; else `policy` (an
     policy.ExitPolicy; default: policy.parse_policy(None), i.e. $RECALL_EXIT_POLICY or full depth
     until a predictor exists) picks each unit's exit block."""
+    from recall_cli.early_exit.encode import live_taps
     from recall_cli.early_exit.policy import FullDepthPolicy, parse_policy
+    from recall_cli.models.device import encode_workers, map_batches
 
     policy = FullDepthPolicy() if full else (policy or parse_policy(None))
     results: list[Encoded | None] = [None] * len(units)
     by_modality: dict[str, list[int]] = {}
     for index, unit in enumerate(units):
         by_modality.setdefault(unit.modality, []).append(index)
+    batches = []
     for modality, indices in by_modality.items():
-        if modality == "text":  # similar lengths together: less padding per batch
-            indices = sorted(indices, key=lambda i: len(units[i].data))
+        if modality == "text":  # similar lengths together: less padding per batch; longest first
+            indices = sorted(indices, key=lambda i: len(units[i].data), reverse=True)
         size = batch_size(modality)
-        for start in range(0, len(indices), size):
-            batch = indices[start : start + size]
-            for index, encoded in zip(
-                batch, _encode_batch(model, modality, [units[i] for i in batch], policy), strict=True
-            ):
-                results[index] = encoded
+        batches += [(modality, indices[start : start + size]) for start in range(0, len(indices), size)]
+
+    def encode_batch(job):
+        modality, batch = job
+        return _encode_batch(model, modality, [units[i] for i in batch], policy)
+
+    # calibration's taps record each full-depth batch in the order encoded: those run one at a time
+    workers = 1 if live_taps() else encode_workers(model, len(batches))
+    for (_, batch), encoded_batch in zip(batches, map_batches(encode_batch, batches, workers), strict=True):
+        for index, encoded in zip(batch, encoded_batch, strict=True):
+            results[index] = encoded
     return results  # type: ignore[return-value]
 
 

@@ -109,11 +109,25 @@ class LayeredEncoder(ABC):
     modalities: tuple[str, ...]  # what this model can embed
     device: Any = None  # torch.device the weights live on
     dtype: Any = None  # compute dtype
+    # whether a CPU encodes two batches side by side, one torch thread each, faster than one batch
+    # on all of torch's threads (models/device.encode_workers): measured per model
+    batches_side_by_side: bool = False
 
     # --- decoding: files and query text -> units ------------------------------------------
     @abstractmethod
     def file_units(self, path: Path, modality: str) -> list[Unit]:
         """Decode one file into the units to embed.  Raises DecodeError with a one-line reason."""
+
+    def text_files_units(self, paths: list[Path]) -> list[list[Unit] | Exception]:
+        """file_units(path, "text") of each path, or the error that decoding it raised.  A model
+        that decodes many files at once faster than one by one overrides it (index/decode_ahead.py)."""
+        results: list[list[Unit] | Exception] = []
+        for path in paths:
+            try:
+                results.append(self.file_units(path, "text"))
+            except Exception as error:  # the file's own failure, told when the run reaches it
+                results.append(error)
+        return results
 
     @abstractmethod
     def text_unit(self, text: str) -> Unit:

@@ -129,3 +129,55 @@ class one_torch_thread:
             import torch
 
             torch.set_num_threads(self.previous)
+
+
+WORKERS_ENV = "RECALL_ENCODE_WORKERS"
+
+
+def encode_workers(model, jobs: int) -> int:
+    """How many threads encode `jobs` batches side by side: on a CPU, for a model that gains by it
+    (LayeredEncoder.batches_side_by_side), one per torch thread, each running torch on one thread
+    of its own, at most one per batch; else one.  $RECALL_ENCODE_WORKERS overrides (1: one batch
+    at a time on all of torch's threads).
+
+    Why: torch splits each op of one batch over its threads and makes them meet after every op.
+    For a small model that costs more than it gives: on 2 quiet cores MiniLM's blocks on 200
+    docstrings took 6.4-6.8 s that way and 5.6-5.9 s as two batches at a time, one thread each;
+    when anything else uses a core, threads that wait for each other lose far more (3-4x
+    measured), where side-by-side batches lose only the share of the core they are denied; and
+    the work between blocks (gathers, heads, INT4 packing) runs beside the other batch's blocks
+    instead of leaving a core idle.  ImageBind-Huge loses by it (16 photos: 4.4-4.7 s against
+    4.3 s): two batches read its 1.3 GB of weights twice as often."""
+    import torch
+
+    device = getattr(model, "device", None)
+    if getattr(device, "type", "cpu") != "cpu" or jobs < 2:
+        return 1
+    asked = os.environ.get(WORKERS_ENV, "").strip()
+    if asked:
+        try:
+            return max(1, min(int(asked), jobs))
+        except ValueError:
+            raise RecallError(f"{WORKERS_ENV} must be a whole number, not {asked!r}") from None
+    if not getattr(model, "batches_side_by_side", False):
+        return 1
+    return max(1, min(torch.get_num_threads(), jobs))
+
+
+def map_batches(function, jobs: list, workers: int) -> list:
+    """[function(job) for job in jobs], run by `workers` threads (encode_workers), each with one
+    torch thread; results in the jobs' order.  Workers take the jobs in order as they come free,
+    so give the longest first: the last batches to finish are then short ones."""
+    if workers <= 1 or len(jobs) < 2:
+        return [function(job) for job in jobs]
+    from concurrent.futures import ThreadPoolExecutor
+
+    def on_one_thread(job):
+        with one_torch_thread():
+            return function(job)
+
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="recall-encode")
+    try:
+        return list(pool.map(on_one_thread, jobs))
+    finally:  # an interrupt or error: no batch starts after it, the ones running finish
+        pool.shutdown(wait=True, cancel_futures=True)
