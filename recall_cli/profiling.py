@@ -5,8 +5,11 @@ blocks, heads, INT4 packing, writes...), printed to stderr at the end.
 Off by default and then nearly free: `stage()` hands back one shared do-nothing context.  When on,
 a stage's time excludes the stages nested in it, so the shares add up to the wall time (stages run
 by a second thread at the same time add up to more).  Each stage also gets the process's CPU
-seconds (every thread, torch's included) spent while it ran: on a shared machine other work
-inflates wall time far more than CPU time, so CPU seconds are what compare across runs."""
+seconds spent while it ran: on a shared machine other work inflates wall time far more than CPU
+time, so CPU seconds are what compare across runs.  In the run's main thread those are the
+process's (every thread: torch's own, and the threads decoding photos ahead for it, whose own
+stages count them again); in any other thread (an encode worker, the overlap's encoder) the
+thread's, so stages of encode workers running side by side are not counted twice."""
 
 from __future__ import annotations
 
@@ -33,13 +36,13 @@ class Profile:
     @contextlib.contextmanager
     def stage(self, name: str):
         stack = self._local.__dict__.setdefault("stack", [])
-        frame = [name, time.perf_counter(), 0.0, time.process_time(), 0.0]
+        frame = [name, time.perf_counter(), 0.0, _cpu_clock(), 0.0]
         stack.append(frame)
         try:
             yield
         finally:
             stack.pop()
-            elapsed, elapsed_cpu = time.perf_counter() - frame[1], time.process_time() - frame[3]
+            elapsed, elapsed_cpu = time.perf_counter() - frame[1], _cpu_clock() - frame[3]
             if stack:
                 stack[-1][2] += elapsed
                 stack[-1][4] += elapsed_cpu
@@ -64,6 +67,13 @@ class Profile:
                 + (f"  ({calls} calls)" if calls else "")
             )
         return "\n".join(lines)
+
+
+def _cpu_clock() -> float:
+    """The process's CPU seconds in the main thread, the calling thread's in any other."""
+    if threading.current_thread() is threading.main_thread():
+        return time.process_time()
+    return time.thread_time()
 
 
 _current: Profile | None = None
