@@ -55,7 +55,8 @@ log = logging.getLogger("recall")
 
 # Default latency budget for refinement in an interactive query.  Measured (benchmarks/
 # bench_speculative.py): MiniLM on a 2-core CPU refines ~100-200 candidates/s from a mid exit, so
-# 0.5 s covers the whole default pool of a 10-result query; an ImageBind-Huge photo costs ~2 s on
+# 0.5 s covers most or all of the 50 rows a 10-result query refines at most (candidates.refine_limit;
+# rows from shallow exits cost more); an ImageBind-Huge photo costs ~2 s on
 # that CPU (a handful of ms on a GPU), so on CPU the budget refines only the first one or two.
 DEFAULT_BUDGET_S = 0.5
 
