@@ -11,7 +11,8 @@ the docstring corpus and networkx's docstrings, which calibration never sees), i
    pool widened until 50 rows wait), `top` (the 50 waiting rows with the best coarse score: what
    candidates.to_refine does now), `top_same` (as many as `groups` refines), `margin_q`
    (coarse score + that exit's q-quantile residual), `scaled` (coarse score x that exit's median
-   full / coarse ratio).  At most 50 refined rows per query in every arm.
+   full / coarse ratio), `zscore` (each exit group's scores standardised by their own mean and
+   spread for the query).  At most 50 refined rows per query in every arm.
 2. **Heads fitted for scores.**  `product` heads are calibration's (heal.Healer, mode heads: token
    ridge or pooled, the held-out files decide); `score` heads minimise the error of q . (W h) over
    proxy queries q: a generalized ridge (G W M + lambda W = X'Y M, G the token Gram matrix, M the
@@ -146,8 +147,15 @@ def residual_stats(head, sample) -> dict[int, dict]:
 
 
 def optimistic(scores: np.ndarray, exits: np.ndarray, depth: int, stats: dict, arm: str) -> np.ndarray:
-    """Scores of one query's rows under an arm: full-depth rows keep theirs."""
+    """Scores of one query's rows under an arm: full-depth rows keep theirs, except under `zscore`
+    (each exit group's scores, full depth included, standardised by that group's own mean and
+    spread for this query: no sample statistics at all)."""
     out = scores.copy()
+    if arm == "zscore":
+        for e in np.unique(exits):
+            rows = exits == e
+            out[rows] = (scores[rows] - scores[rows].mean()) / max(float(scores[rows].std()), 1e-6)
+        return out
     for e, s in stats.items():
         rows = exits == e
         if arm == "scaled":
@@ -206,13 +214,13 @@ def evaluate(queries, gold, coarse_vectors, full_vectors, exits, depth, stats) -
     coarse_all = (queries @ coarse_vectors.T).numpy()
     full_all = (queries @ full_vectors.T).numpy()
     out = {"full": metrics([list(np.argsort(-f)[:WANTED]) for f in full_all], gold)}
-    for arm in ("raw", "scaled", "margin_q50"):
+    for arm in ("raw", "scaled", "margin_q50", "zscore"):
         ranked = [list(np.argsort(-optimistic(c, exits, depth, stats, arm))[:WANTED]) for c in coarse_all]
         out[f"coarse_{arm}"] = metrics(ranked, gold)
     products = [product_choice(c, exits, depth) for c in coarse_all]
     out["refined_per_query_groups"] = {"rows": float(np.mean([len(p[1]) for p in products]))}
     arms = ("groups", "top_same", "margin_q75_same", "groups50", "top", "margin_q50", "margin_q75", "margin_q90")
-    for arm in arms + ("scaled",):
+    for arm in arms + ("scaled", "zscore"):
         ranked = [
             first_pass(c, f, exits, depth, stats, arm, p)
             for c, f, p in zip(coarse_all, full_all, products, strict=True)
