@@ -11,10 +11,13 @@ Query time, for one query vector (always embedded with the base model at full de
    `wanted` (enough to fill the page on its own):  k_g = min(n_g, max(wanted, ceil(P * n_g / N))).
    If the merged rows cover fewer than `wanted` files (many chunks per file), P doubles and the
    groups are searched again.
-2. **Merge.**  Candidates are ordered for refinement by their rank inside their own group relative
-   to that group's share (rank_g / k_g), ties by coarse score: the best of every group come first
-   whatever the scale of their group's scores.
-3. **Refine.**  In that order, rows that are not refined yet are refined in batches: the INT4 cache
+   With refinement on, every waiting group also gives at least its best min(n_g, R) rows, R =
+   max(50, 5 * wanted), so the R best waiting rows of the index are among the candidates.
+2. **Merge.**  Candidates are merged by their rank inside their own group relative to that group's
+   share (rank_g / k_g), ties by coarse score.  The rows a first pass refines are the R waiting
+   candidates with the best coarse score, whatever their group (candidates.to_refine: measured
+   better than each group's best by rank / share; --exact refines every candidate instead).
+3. **Refine.**  Best first, rows that are not refined yet are refined in batches: the INT4 cache
    blob is dequantised (quant.decode_blob) and the base model resumes at the blob's block
    (quant.blob_info(blob)["block"], which may be earlier than the row's exit_block for healed rows)
    up to full depth (encode.resume, grouped by resume block).  Rows whose cache was released are
@@ -52,7 +55,8 @@ log = logging.getLogger("recall")
 
 # Default latency budget for refinement in an interactive query.  Measured (benchmarks/
 # bench_speculative.py): MiniLM on a 2-core CPU refines ~100-200 candidates/s from a mid exit, so
-# 0.5 s covers the whole default pool of a 10-result query; an ImageBind-Huge photo costs ~2 s on
+# 0.5 s covers most or all of the 50 rows a 10-result query refines at most (candidates.refine_limit;
+# rows from shallow exits cost more); an ImageBind-Huge photo costs ~2 s on
 # that CPU (a handful of ms on a GPU), so on CPU the budget refines only the first one or two.
 DEFAULT_BUDGET_S = 0.5
 

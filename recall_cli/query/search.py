@@ -238,12 +238,14 @@ class Searcher:
         """Files by their best unit's cosine: candidates of every exit group, the best refined
         within the budget (early_exit/candidates.py, early_exit/refine.py)."""
         from recall_cli.early_exit import refine
-        from recall_cli.early_exit.candidates import select_candidates
+        from recall_cli.early_exit.candidates import refine_limit, select_candidates, to_refine
 
         wanted = options.offset + options.limit
         summary = self.exit_summary.get()
+        exact = options.refine == "exact"
+        at_most = None if exact or options.refine == "off" else refine_limit(wanted)
         candidates = select_candidates(
-            self.store, summary, vector, wanted, where, options.modality, exact=options.refine == "exact"
+            self.store, summary, vector, wanted, where, options.modality, exact=exact, refine_at_most=at_most or 0
         )
         if options.refine != "off" and (self.refiner is not None or not all(row["refined"] for row in candidates)):
             if self.refiner is None:
@@ -253,7 +255,7 @@ class Searcher:
                 if options.refine == "exact"
                 else (refine.DEFAULT_BUDGET_S if options.budget is None else options.budget)
             )
-            waiting = [row for row in candidates if not row["refined"]]
+            waiting = to_refine(candidates, at_most)
             report = self.refiner.refine(waiting, budget)
             for row in candidates:
                 fine = report.fine.get(row["id"])

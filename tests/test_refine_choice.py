@@ -1,0 +1,74 @@
+"""Which rows a first query refines: the best waiting rows of the whole index by coarse score, up to
+max(50, 5 x results), whatever exit group they wait in (measured better than each group's best by
+its share: benchmarks/bench_calibrate_query.py)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import lancedb
+import numpy as np
+from conftest import Cli, write_files
+
+TOPICS = [
+    "kayak lake paddle",
+    "apple pie baking",
+    "train timetable berlin",
+    "guitar chords practice",
+    "tax return receipts",
+    "dog beach fetch",
+    "solar eclipse sky",
+    "python recursion code",
+]
+FILLER = [
+    "morning",
+    "evening",
+    "weekend",
+    "notes",
+    "plan",
+    "list",
+    "idea",
+    "story",
+    "photo",
+    "trip",
+    "garden",
+    "budget",
+    "music",
+    "city",
+    "family",
+]
+QUERY = "paddling a boat across the lake"
+
+
+def notes(count: int) -> dict[str, str]:
+    rng = random.Random(7)
+    return {f"note{i:03d}.md": " ".join([TOPICS[i % len(TOPICS)], *rng.choices(FILLER, k=12)]) for i in range(count)}
+
+
+def units(db) -> list[dict]:
+    return lancedb.connect(str(db)).open_table("units").to_arrow().to_pylist()
+
+
+def test_a_first_query_refines_the_fifty_best_waiting_rows_across_exit_groups(tmp_path):
+    write_files(tmp_path / "files", notes(120))
+    cli = Cli(tmp_path / "db")
+    assert cli("index", tmp_path / "files", "--exit-policy", "mix:2=0.5,4=0.5").exit_code == 0
+    before = units(cli.db)
+    assert {row["exit_block"] for row in before} == {2, 4} and not any(row["refined"] for row in before)
+    from recall_cli.models import load_model
+
+    query = load_model("minilm").encode_texts([QUERY]).numpy()[0]
+    by_coarse = sorted(before, key=lambda row: -float(np.dot(row["vector"], query)))
+    waiting = json.loads(cli("stats", "--json").stdout)["early_exit"]["waiting_refinement"]
+
+    result = cli("query", QUERY, "--json", "--semantic", "--budget", "120")
+    assert result.exit_code == 0, result.stderr
+
+    refined = {row["id"] for row in units(cli.db) if row["refined"]}
+    assert waiting - json.loads(cli("stats", "--json").stdout)["early_exit"]["waiting_refinement"] == 50
+    assert len(refined) == 50  # not each group's share of a pool of 40 (20 + 20 rows)
+    best = [row["id"] for row in by_coarse]
+    # the 50 best by coarse score (a row or two at the edge may swap: the query's own embedding
+    # path and this one round differently)
+    assert set(best[:45]) <= refined <= set(best[:55])
