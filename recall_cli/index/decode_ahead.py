@@ -76,13 +76,17 @@ def _media_units(model, path: str, modality: str):
 
 
 def _on_every_core(function, items: list) -> list:
+    """[function(item) for item in items] on one thread per core, the first item alone: it loads
+    what decoding loads once per process (the OCR engines, the place names), which threads
+    starting together would each load."""
     from concurrent.futures import ThreadPoolExecutor
 
-    workers = min(len(items), os.cpu_count() or 1)
+    workers = min(len(items) - 1, os.cpu_count() or 1)
     if workers <= 1:
         return [function(item) for item in items]
+    first = function(items[0])
     with ThreadPoolExecutor(workers, thread_name_prefix="recall-decode") as pool:
-        return list(pool.map(function, items))
+        return [first, *pool.map(function, items[1:])]
 
 
 def _sniffed(entry) -> str | None:
