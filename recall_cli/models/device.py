@@ -141,13 +141,14 @@ def encode_workers(model, jobs: int) -> int:
     at a time on all of torch's threads).
 
     Why: torch splits each op of one batch over its threads and makes them meet after every op.
-    For a small model that costs more than it gives: on 2 quiet cores MiniLM's blocks on 200
-    docstrings took 6.4-6.8 s that way and 5.6-5.9 s as two batches at a time, one thread each;
-    when anything else uses a core, threads that wait for each other lose far more (3-4x
-    measured), where side-by-side batches lose only the share of the core they are denied; and
-    the work between blocks (gathers, heads, INT4 packing) runs beside the other batch's blocks
-    instead of leaving a core idle.  ImageBind-Huge loses by it (16 photos: 4.4-4.7 s against
-    4.3 s): two batches read its 1.3 GB of weights twice as often."""
+    When anything else uses a core, the threads that wait for each other lose far more than the
+    share of the core they are denied: with another process busy on a 2-core machine, MiniLM on 60
+    docstrings took 4.9-7.3 s as one batch on two threads and 2.3-3.4 s as two batches side by
+    side, one thread each.  On 2 quiet cores the two are within noise of each other (`recall index
+    --full` of 200 docstrings, three runs of bench_speed: 5.18 against 5.16 s, 5.24 against
+    5.20 s, 5.45 against 5.61 s).  The work between blocks (gathers, heads, INT4 packing) also
+    runs beside the other batch's blocks.  ImageBind-Huge loses by it (16 photos: 4.4-4.7 s
+    against 4.3 s): two batches read its 1.3 GB of weights twice as often."""
     import torch
 
     device = getattr(model, "device", None)
