@@ -76,17 +76,14 @@ def _media_units(model, path: str, modality: str):
 
 
 def _on_every_core(function, items: list) -> list:
-    """[function(item) for item in items] on one thread per core, the first item alone: it loads
-    what decoding loads once per process (the OCR engines, the place names), which threads
-    starting together would each load."""
-    from concurrent.futures import ThreadPoolExecutor
+    """[function(item) for item in items] on one thread per core (models/device.map_batches), the
+    first item alone: it loads what decoding loads once per process (the OCR engines, the place
+    names), which threads starting together would each load."""
+    from recall_cli.models.device import map_batches
 
-    workers = min(len(items) - 1, os.cpu_count() or 1)
-    if workers <= 1:
+    if len(items) < 3:
         return [function(item) for item in items]
-    first = function(items[0])
-    with ThreadPoolExecutor(workers, thread_name_prefix="recall-decode") as pool:
-        return [first, *pool.map(function, items[1:])]
+    return [function(items[0]), *map_batches(function, items[1:], os.cpu_count() or 1)]
 
 
 def _sniffed(entry) -> str | None:
