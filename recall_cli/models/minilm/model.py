@@ -64,10 +64,7 @@ class MiniLM(LayeredEncoder):
     def file_units(self, path: Path, modality: str) -> list[Unit]:
         if modality != "text":
             return self.media_units(path, modality)
-        return [
-            Unit("text", chunk, snippet=chunk, chunk=index)
-            for index, chunk in enumerate(self.chunk_text(extract_text(path)))
-        ]
+        return _text_units(self.chunk_text(extract_text(path)))
 
     def media_units(self, path: Path, modality: str) -> list[Unit]:
         """A photo, song or video as its text side (models/mediatext): units of that modality
@@ -98,13 +95,7 @@ class MiniLM(LayeredEncoder):
         readable = [text for text in texts if isinstance(text, str)]
         encodings = iter(self._encode_all(readable))
         return [
-            text
-            if isinstance(text, Exception)
-            else [
-                Unit("text", chunk, snippet=chunk, chunk=index)
-                for index, chunk in enumerate(self._chunks(text, next(encodings)))
-            ]
-            for text in texts
+            text if isinstance(text, Exception) else _text_units(self._chunks(text, next(encodings))) for text in texts
         ]
 
     def _encode_all(self, texts: list[str]) -> list:
@@ -189,6 +180,11 @@ class MiniLM(LayeredEncoder):
         """Mean of the real tokens (sentence-transformers' pooling); the base class normalises."""
         weights = mask.to(hidden.dtype)[..., None]
         return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+
+
+def _text_units(chunks: list[str]) -> list[Unit]:
+    """A text file's units, one per chunk."""
+    return [Unit("text", chunk, snippet=chunk, chunk=index) for index, chunk in enumerate(chunks)]
 
 
 def load_minilm(device=None, dtype=None, weights=None) -> MiniLM:
