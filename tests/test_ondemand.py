@@ -272,3 +272,59 @@ def test_a_server_that_is_never_idle_compacts_once_write_backs_pass_the_growth_b
         server.close()
     assert table_files(db)["versions"] == 1  # no old version kept
     assert growth.compacted_bytes(db) == growth.table_bytes(db)
+
+
+def waiting(db) -> int:
+    done = run_recall("stats", "--db", db, "--json")
+    return json.loads(done.stdout)["early_exit"]["waiting_refinement"]
+
+
+def served_for(db, env=None):
+    return subprocess.Popen(
+        [sys.executable, "-m", "recall_cli", "server", "run", "--db", str(db), "--idle", "120"],
+        env=dict(os.environ, **(env or {})),
+    )
+
+
+def test_an_idle_server_refines_the_rows_that_stopped_early(tmp_path):
+    import lancedb
+    import numpy as np
+
+    root, db, full_db = tmp_path / "files", tmp_path / "db", tmp_path / "full"
+    write_files(root, NOTES)
+    assert run_recall("index", root, "--db", db, "--exit-policy", "fixed:2", "-q").returncode == 0
+    assert run_recall("index", root, "--db", full_db, "--full", "-q").returncode == 0
+    assert waiting(db) == len(NOTES)  # every row stopped at block 2
+    proc = served_for(db)
+    try:
+        wait_until(lambda: waiting(db) == 0, 120, interval=0.5, message="the idle refinement")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+    def vectors(path):
+        rows = lancedb.connect(str(path)).open_table("units").to_arrow().to_pylist()
+        return {(row["path"], row["chunk"]): np.asarray(row["vector"]) for row in rows}
+
+    refined, full = vectors(db), vectors(full_db)
+    assert refined.keys() == full.keys()
+    for key, vector in refined.items():  # the full-depth embeddings (INT4 rounding aside)
+        assert float(vector @ full[key]) > 0.99, key
+
+
+def test_a_server_told_not_to_refine_leaves_the_rows_as_they_are(tmp_path):
+    import time
+
+    from recall_cli.query.idle import IDLE_AFTER
+
+    root, db = tmp_path / "files", tmp_path / "db"
+    write_files(root, NOTES)
+    assert run_recall("index", root, "--db", db, "--exit-policy", "fixed:2", "-q").returncode == 0
+    proc = served_for(db, {"RECALL_SERVER_REFINE": "0"})
+    try:
+        wait_until(lambda: status(db), 60, message="the server")
+        time.sleep(IDLE_AFTER + 3)  # past the moment an idle server starts refining
+        assert waiting(db) == len(NOTES)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

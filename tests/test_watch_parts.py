@@ -13,8 +13,8 @@ from watchdog import events as fs_events
 from watchutil import wait_until, write_text
 
 from recall_cli.errors import RecallError
+from recall_cli.query.idle import IDLE_AFTER, IDLE_CPU_BUDGET, IDLE_SLICE, MAINTAIN_EVERY, IdleScheduler
 from recall_cli.watch.debounce import Debouncer, parse_delay_patterns
-from recall_cli.watch.idle import IDLE_AFTER, IDLE_CPU_BUDGET, IDLE_SLICE, MAINTAIN_EVERY, IdleScheduler
 from recall_cli.watch.observers import RootObservers, change_of
 
 

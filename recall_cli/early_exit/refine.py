@@ -33,8 +33,8 @@ Query time, for one query vector (always embedded with the base model at full de
    cache released, exit_block kept as the block the row really stopped at; the manifest's
    unit_exits follow), only onto rows whose content hash has not changed meanwhile.
 
-Idle time: `refine_idle` (the idle work `recall watch` runs through watch/idle.py) refines rows
-waiting for refinement, cached rows first, shallowest exits first.
+Idle time: `refine_idle` (the idle work `recall watch` and the query server run through
+query/idle.py) refines rows waiting for refinement, cached rows first, shallowest exits first.
 """
 
 from __future__ import annotations
@@ -294,11 +294,13 @@ class Refiner:
 _UNREFINABLE: set[str] = set()  # ids refine_idle could not refine (file gone or changed)
 
 
-def refine_idle(db_dir: Path, should_stop, budget_s: float) -> bool:
-    """Idle work for `recall watch` (watch/idle.py schedules it): refine rows waiting for refinement (cached rows first,
-    shallowest exit first, then rows whose cache was released) for at most budget_s seconds, and
-    write them back.  The caller holds the writer lock.  True when rows were refined (call again),
-    False when nothing is left that can be refined."""
+def refine_idle(db_dir: Path, should_stop, budget_s: float, model_loader=None) -> bool:
+    """Idle work for `recall watch` and the query server (query/idle.py schedules it): refine rows
+    waiting for refinement (cached rows first, shallowest exit first, then rows whose cache was
+    released) for at most budget_s seconds, and write them back.  The caller holds the writer lock.
+    `model_loader`: gives the caller's encoder (else the index's model is loaded once per process),
+    called only when rows wait, so an index with nothing to refine never loads torch.  True
+    when rows were refined (call again), False when nothing is left that can be refined."""
     from recall_cli.models import load_model
     from recall_cli.storage.manifest import Manifest
     from recall_cli.storage.table import Store
@@ -316,7 +318,7 @@ def refine_idle(db_dir: Path, should_stop, budget_s: float) -> bool:
         store = Store(db_dir)
         if store.table is None:
             return False
-        model = load_model(name)
+        model = load_model(name) if model_loader is None else model_loader()
         if model.version != version:
             return False
         skip = f" AND NOT ({sql_in('id', sorted(_UNREFINABLE)[:500])})" if _UNREFINABLE else ""

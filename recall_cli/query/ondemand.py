@@ -9,6 +9,13 @@ watch` runs, on its own, and it goes away by itself:
 * when the index is removed or rebuilt (its directory or its socket replaced: a rebuilt index
   may use another model, which this server must never answer for).
 
+While it waits it makes the index more exact: rows that stopped at an early exit are refined from
+their INT4 cache and written back (early_exit/refine.refine_idle), as `recall watch` does in its idle
+time, paced by query/idle.py (IDLE_AFTER seconds after the last query, at most IDLE_CPU_BUDGET of
+the wall time, a slice at a time that stops as soon as a query arrives).  Each slice takes the
+writer lock for a moment only, as a query's write-back does; while a `recall index` runs the
+server leaves the index alone.  RECALL_SERVER_REFINE=0 turns this off.
+
 RECALL_SERVER_AUTOSTART=0 turns auto-start off (no resident process); RECALL_NO_SERVER=1 or
 `recall query --no-server` keeps a query away from any server.
 """
@@ -23,6 +30,9 @@ from pathlib import Path
 
 AUTOSTART_ENV = "RECALL_SERVER_AUTOSTART"
 IDLE_ENV = "RECALL_SERVER_IDLE"
+REFINE_ENV = "RECALL_SERVER_REFINE"
+# the writer lock's holder while a slice refines: a name other writers wait for (storage/lock.py)
+REFINING_AS = "query server (refining while idle)"
 DEFAULT_IDLE_S = 300.0  # a few minutes: a shell loop or an editor session, not a day
 CHECK_EVERY_S = 0.5
 
@@ -73,6 +83,8 @@ def run_server(db_dir: Path, idle_s: float | None = None) -> int:
     except ServerRunning:
         return 0
     signal.signal(signal.SIGTERM, lambda *_: server.stop_requested.set())
+    if os.environ.get(REFINE_ENV, "1").strip().lower() not in ("0", "no", "off", "false"):
+        server.on_idle = _idle_refinement(server)
     try:
         server.warm_up()
         while not server.stop_requested.wait(CHECK_EVERY_S):
@@ -82,6 +94,37 @@ def run_server(db_dir: Path, idle_s: float | None = None) -> int:
     finally:
         server.close()
     return 0
+
+
+def _idle_refinement(server):
+    """The server's idle hook: refinement slices, paced by query/idle.py (no compaction: the server
+    compacts on its own schedule)."""
+    from recall_cli.query.idle import IdleScheduler
+
+    def interrupted() -> bool:
+        return server.stop_requested.is_set() or server.request_waiting()
+
+    scheduler = IdleScheduler(
+        lambda should_stop, budget_s: _refine_slice(server, should_stop, budget_s), None, interrupted=interrupted
+    )
+    return lambda quiet_for: scheduler.step(time.monotonic(), quiet_for)
+
+
+def _refine_slice(server, should_stop, budget_s: float) -> bool:
+    """One slice of refinement under the writer lock; False (nothing to do now) while another
+    process writes the index."""
+    from recall_cli.early_exit.refine import refine_idle
+    from recall_cli.errors import RecallError
+    from recall_cli.storage.lock import WriterLock
+
+    try:
+        with server.busy, WriterLock(server.db_dir, REFINING_AS):
+            refined = refine_idle(server.db_dir, should_stop, budget_s, lambda: server.searcher().model)
+    except RecallError:  # an index run (or an empty index): the next slice tries again
+        return False
+    if refined:
+        server.writes_since_compaction += 1  # its write-backs count towards an idle compaction
+    return refined
 
 
 def _index_identity(db_dir: Path) -> tuple | None:

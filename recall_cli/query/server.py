@@ -38,10 +38,9 @@ NO_SERVER_ENV = "RECALL_NO_SERVER"  # set to 1: never use a running watcher (ben
 _MAX_UNIX_PATH = 100  # sun_path is 108 bytes on Linux, 104 on macOS
 MAX_REQUEST_BYTES = 1 << 20  # a query request is a few hundred bytes; anything near this is not one
 TAKEOVER_WAIT_S = 5.0  # how long `recall watch` waits for an on-demand server to hand over
-# Each write-back leaves a version and a small fragment behind; the write-back itself compacts once
-# they pass the growth bound (storage/growth.py), between two requests.  Below the bound an
-# on-demand server also compacts when idle, at most this often, so the fragments of a quiet day's
-# queries do not linger.  `recall watch` and `recall index` compact on their own.
+# Each write-back leaves a version and a small fragment behind; the write-back itself compacts once they
+# pass the growth bound (storage/growth.py), between two requests.  Below the bound an on-demand server
+# also compacts when idle, at most this often, so the fragments of a quiet day's queries do not linger.
 COMPACT_EVERY_S = 600.0
 COMPACT_WHEN_IDLE_S = 2.0
 
@@ -165,6 +164,7 @@ class QueryServer:
     ):
         self.db_dir = db_dir
         self.on_write = None  # called after each write-back (`recall watch`: compact on the bound)
+        self.on_idle = None  # called with the seconds since the last request while none comes (ondemand.py)
         self.path = socket_path(db_dir)
         self.status = status or (lambda: {})
         self.device, self.weights = device, weights
@@ -174,10 +174,8 @@ class QueryServer:
         self.last_request = time.monotonic()
         self.stop_requested = threading.Event()
         self._searcher, self._sock, self._thread, self._closing = None, None, None, False
-        self._inode = None
-        self._lock = None
-        self.writes_since_compaction = 0
-        self.idle_compactions = 0
+        self._inode, self._lock = None, None
+        self.writes_since_compaction, self.idle_compactions = 0, 0
         self.last_compaction = time.monotonic()
         # held while a request is answered and written back: `recall watch` compacts under it, so
         # that no query of this process reads the versions a compaction removes
@@ -225,6 +223,12 @@ class QueryServer:
                     asked = True
                 time.sleep(0.05)
 
+    def request_waiting(self) -> bool:
+        """A client is waiting to be answered: idle work stops for it."""
+        from select import select  # here: the client half of this module loads only socket, json, os
+
+        return self._sock is not None and bool(select([self._sock], [], [], 0)[0])
+
     def socket_is_ours(self) -> bool:
         """False once the socket was removed or replaced (the index deleted or rebuilt)."""
         try:
@@ -236,7 +240,7 @@ class QueryServer:
         """Load the model, open the table and run one search now (it reads the full-text indexes
         and the vectors into memory), so that the first real query is warm too."""
         try:
-            searcher = self._get_searcher()
+            searcher = self.searcher()
             searcher.search(["warm-up"], QueryOptions(limit=1, refine="off"))
             if searcher.store.count("refined = false"):  # queries will refine: load the encoder now
                 searcher.model  # noqa: B018
@@ -258,7 +262,7 @@ class QueryServer:
             self._lock.close()  # releases the server lock
             self._lock = None
 
-    def _get_searcher(self):
+    def searcher(self):
         if self._searcher is None:
             from recall_cli.query.search import Searcher
 
@@ -273,6 +277,8 @@ class QueryServer:
             except TimeoutError:
                 if self.on_demand and self.compaction_due():
                     self.compact()
+                elif self.on_idle is not None:
+                    self.on_idle(time.monotonic() - self.last_request)
                 continue
             except OSError:
                 if self._closing:
@@ -324,12 +330,8 @@ class QueryServer:
         return self.idle_compactions + (self._searcher.compactions if self._searcher is not None else 0)
 
     def compaction_due(self) -> bool:
-        now = time.monotonic()
-        return (
-            self.writes_since_compaction > 0
-            and now - self.last_request >= COMPACT_WHEN_IDLE_S
-            and now - self.last_compaction >= COMPACT_EVERY_S
-        )
+        quiet, since_last = time.monotonic() - self.last_request, time.monotonic() - self.last_compaction
+        return self.writes_since_compaction > 0 and quiet >= COMPACT_WHEN_IDLE_S and since_last >= COMPACT_EVERY_S
 
     def compact(self) -> bool:
         """Compact the table under the writer lock, if nobody else is writing (then next time)."""
@@ -340,7 +342,7 @@ class QueryServer:
         self.last_compaction = time.monotonic()
         try:
             with WriterLock(self.db_dir, "query server (compacting)"):
-                self._get_searcher().store.maintain(keep_versions_s=BOUND_KEEP_VERSIONS_S)
+                self.searcher().store.maintain(keep_versions_s=BOUND_KEEP_VERSIONS_S)
         except RecallError:  # another writer: it compacts, or we do next time
             return False
         self.writes_since_compaction = 0
@@ -381,7 +383,7 @@ class QueryServer:
         except ValueError as error:
             return {"ok": False, "error": f"bad request: {error}", "exit": 2}
         try:
-            searcher = self._get_searcher()
+            searcher = self.searcher()
             searcher.store.table.checkout_latest()  # see what the watcher wrote since
             results = searcher.search(list(payload["texts"]), options)
             self.queries += 1

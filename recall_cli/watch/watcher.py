@@ -40,11 +40,11 @@ from recall_cli.errors import RecallError
 from recall_cli.index.indexer import index_locked
 from recall_cli.index.options import IndexOptions, IndexSummary, check_roots
 from recall_cli.index.scan import IGNORE_FILES, PathFilter
+from recall_cli.query.idle import IdleScheduler
 from recall_cli.storage.layout import prepare_index_dir
 from recall_cli.storage.lock import WriterLock
 from recall_cli.storage.manifest import Manifest
 from recall_cli.watch.debounce import DEFAULT_DELAY, Debouncer, PendingPath
-from recall_cli.watch.idle import IdleScheduler
 from recall_cli.watch.observers import POLL_INTERVAL, RootObservers
 
 log = logging.getLogger("recall")

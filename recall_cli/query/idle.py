@@ -1,17 +1,19 @@
-"""Idle time in `recall watch`: table compaction and background refinement, never in the way.
+"""Idle time in a process that stays running for the user (`recall watch`, the query server):
+table compaction and background refinement, never in the way.
 
-When no event has arrived for IDLE_AFTER seconds the watcher hands its idle time to this scheduler,
-which does one of two things per call:
+When nothing has happened (no file event, no query) for IDLE_AFTER seconds the process hands its
+idle time to this scheduler, which does one of two things per call:
   * compaction of the table, when something was written since the last one (a batch, or a query's
     write-back), at most once every MAINTAIN_EVERY seconds (each batch adds small fragments;
     compacting after every batch would cost more than it saves), or at once when the table has
     grown past its bound (storage/growth.py: a busy query loop);
   * one slice (IDLE_SLICE seconds) of idle work, i.e. refining cached rows, then rests so that idle
-    work uses at most IDLE_CPU_BUDGET of wall time: a watcher left running must not keep a laptop's
-    fan on.  The work is told to stop as soon as an event arrives, so changes are never delayed.
+    work uses at most IDLE_CPU_BUDGET of wall time: a process left running must not keep a laptop's
+    fan on.  The work is told to stop as soon as an event or a query arrives, so neither waits for it.
 
 The work and compaction functions, the warning sink and the clock are injected: nothing here
-touches the index by itself.
+touches the index by itself.  `compact` None: the process compacts on its own schedule (the
+on-demand query server does, query/server.py).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class IdleScheduler:
     def __init__(
         self,
         work: IdleWork,
-        compact: Callable[[], None],
+        compact: Callable[[], None] | None,
         *,
         interrupted: Callable[[], bool],
         grown: Callable[[], bool] = lambda: False,
@@ -88,7 +90,7 @@ class IdleScheduler:
         return "worked"
 
     def _compaction_due(self, now: float) -> bool:
-        if not self._wrote_since_compaction:
+        if self._compact is None or not self._wrote_since_compaction:
             return False
         # the epsilon: a caller stepping exactly every maintain_every seconds must not slip a round
         return now - self._last_compaction >= self.maintain_every - 1e-9 or self._grown()
