@@ -13,8 +13,9 @@ sample share (RECALL_CALIBRATE_SHARE); `--force` heals even where the projected 
 (RECALL_CALIBRATE_SAVING=0; a corpus this small defers otherwise); `--open-gate` opens the held-out
 gate (OPEN_GATE), to measure the exits it would reject.  The first pass is per query (first_pass:
 `recall query --no-write-back`), every first pass runs before any query writes back, and the second
-pass follows a batch that writes back.  Time under load (2 shared cores): see the report of the
-last run; the full run is 1,275 + 600 documents against --quick's 300 + 200.
+pass follows a batch that writes back.  Time: `--quick --rounds 1` took 13 min on 2 cores under
+load; the full run (1,275 + 600 documents, 2 rounds, 5-minute heal) about 50-55 min, most of it
+the per-query first passes (before and after the heal), about 0.5 s a query (the refine budget).
 """
 
 from __future__ import annotations
@@ -272,7 +273,8 @@ def render(data: dict) -> str:
             "1st pass: each query as if it were the first on the index (`recall query - --no-write-back`: "
             "nothing written back, no query reuses rows another refined; default refinement, 0.5 s budget). "
             "Batch: one `recall query -` whose queries share what they refine and write it back at the end "
-            "(what this table called the first pass before). 2nd pass: the same queries after that write-back.",
+            "(what this table called the first pass before); 2nd pass: the same queries after that write-back; "
+            "both on a copy of the index per corpus.",
             "R@10 / MRR@10:",
             markdown_table(
                 ["corpus", "full depth", "coarse only", "1st pass", "batch", "2nd pass", "1st pass after heal"],
