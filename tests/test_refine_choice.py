@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import lancedb
 import numpy as np
-from conftest import Cli, write_files
+from conftest import Cli, run_recall, write_files
 
 TOPICS = [
     "kayak lake paddle",
@@ -72,3 +73,22 @@ def test_a_first_query_refines_the_fifty_best_waiting_rows_across_exit_groups(tm
     # the 50 best by coarse score (a row or two at the edge may swap: the query's own embedding
     # path and this one round differently)
     assert set(best[:45]) <= refined <= set(best[:55])
+
+
+def test_no_write_back_refines_every_query_of_a_batch_as_the_first_and_leaves_the_index(tmp_path):
+    write_files(tmp_path / "files", notes(120))
+    cli = Cli(tmp_path / "db")
+    assert cli("index", tmp_path / "files", "--exit-policy", "mix:2=0.5,4=0.5").exit_code == 0
+    waiting = json.loads(cli("stats", "--json").stdout)["early_exit"]["waiting_refinement"]
+
+    args = ("query", "-", "--db", cli.db, "--jsonl", "--semantic", "--budget", "120", "-v", "--no-write-back")
+    done = run_recall(*args, stdin=f"{QUERY}\n{QUERY}\n")
+    assert done.returncode == 0, done.stderr
+
+    # -v prints one line per query: "query '...': C candidates, W waiting, R refined (...)"
+    refined = [int(count) for count in re.findall(r"\d+ waiting, (\d+) refined", done.stderr)]
+    assert refined == [50, 50]  # the second query refines its rows again: nothing is shared
+    paths = [json.loads(line)["path"] for line in done.stdout.splitlines()]
+    assert len(paths) == 20 and paths[:10] == paths[10:]
+    assert json.loads(cli("stats", "--json").stdout)["early_exit"]["waiting_refinement"] == waiting
+    assert not any(row["refined"] for row in units(cli.db))

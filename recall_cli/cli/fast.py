@@ -16,7 +16,7 @@ def fast_query(argv: list[str]) -> int | None:
     import sys
 
     parsed = parse_query_argv(argv)
-    if parsed is None or "no_server" in parsed["flags"] or servers_off():
+    if parsed is None or {"no_server", "no_write_back"} & set(parsed["flags"]) or servers_off():
         return None
     from recall_cli.storage.layout import resolve_db
 

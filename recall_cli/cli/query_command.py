@@ -68,6 +68,11 @@ def query(
     no_server: bool = typer.Option(
         False, "--no-server", help="Answer in this process: neither ask a query server nor leave one running."
     ),
+    no_write_back: bool = typer.Option(
+        False,
+        "--no-write-back",
+        help="Write nothing into the index; each query refines as if it were the first (answered in this process).",
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="More detail."),
 ) -> None:
     """Search the index by meaning and by words at once (both rankings fused; --semantic or
@@ -110,14 +115,15 @@ def query(
         texts = read_queries(text) if text is not None else [""]
         db_dir = resolve_db(db)
         # a running server answers with its model already loaded (no torch/lancedb here); a query
-        # that names a device wants the model here
-        local = bool(device) or no_server
+        # that names a device wants the model here, and so does --no-write-back (a server writes
+        # its refined rows back and shares them between queries)
+        local = bool(device) or no_server or no_write_back
         per_query = None if local else warm_query(db_dir, texts, options)
         searcher = None
         if per_query is None:
             from recall_cli.query.search import Searcher
 
-            searcher = Searcher(db_dir, device=device)
+            searcher = Searcher(db_dir, device=device, leave_index=no_write_back)
             per_query = searcher.search(texts, options)
         write_results(per_query, fmt)
         if searcher is not None and not local:

@@ -168,6 +168,7 @@ FLAGS = {
     "--semantic": "semantic",
     "--keyword": "keyword",
     "--no-server": "no_server",
+    "--no-write-back": "no_write_back",
 }
 VALUES = {
     "-n": "limit",

@@ -69,7 +69,7 @@ def name_pattern(glob: str) -> str:
 class Searcher:
     """Holds the model and the table open across queries (batch mode, and later the warm server)."""
 
-    def __init__(self, db_dir: Path, device: str | None = None, weights: str | None = None):
+    def __init__(self, db_dir: Path, device: str | None = None, weights: str | None = None, leave_index=False):
         manifest = Manifest(db_dir, create=False)
         try:
             self.model_name = manifest.get_meta("model")
@@ -98,6 +98,9 @@ class Searcher:
         self.writes_locked = False  # True inside `recall watch`, which holds the writer lock
         self.compactions = 0  # by write_back, on the growth bound
         self.refiner = None
+        # `recall query --no-write-back`: nothing is written into the index, and each query refines
+        # as if it were the first (a later query of the batch does not reuse an earlier one's rows)
+        self.leave_index = leave_index
         self._keyword_pool = None  # one background thread for the keyword side, made on first use
         self.exit_summary = ExitSummary(self.db_dir)  # read again only when the manifest changes
 
@@ -121,7 +124,7 @@ class Searcher:
             raise RecallError("--min-score is a cosine similarity between -1 and 1")
         if options.budget is not None and options.budget < 0:
             raise RecallError("--budget is a number of seconds, 0 or more")
-        if not self.store.has_text_side and options.mode != "semantic":
+        if not self.store.has_text_side and options.mode != "semantic" and not self.leave_index:
             self._add_text_side()
         queries = [read_query(text) if (text or not options.like) else Query() for text in texts]
         per_query = [options.with_filters(query.filters) for query in queries]  # taken:, near:, ... terms
@@ -248,7 +251,7 @@ class Searcher:
             self.store, summary, vector, wanted, where, options.modality, exact=exact, refine_at_most=at_most or 0
         )
         if options.refine != "off" and (self.refiner is not None or not all(row["refined"] for row in candidates)):
-            if self.refiner is None:
+            if self.refiner is None or self.leave_index:
                 self.refiner = refine.Refiner(self.model, self.store)
             budget = (
                 None
@@ -288,7 +291,7 @@ class Searcher:
         lock without waiting; when another process is writing, nothing is written (the rows are
         simply refined again next time).  Then compacts the table if it has grown past its bound
         (storage/growth.py).  Returns rows written."""
-        if self.refiner is None or not self.refiner.pending():
+        if self.refiner is None or not self.refiner.pending() or self.leave_index:
             return 0
         if not os.access(self.db_dir, os.W_OK):  # a read-only index answers queries all the same
             log.debug("refined rows not written back: %s is read-only", self.db_dir)
