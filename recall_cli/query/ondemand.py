@@ -49,7 +49,12 @@ def idle_seconds(requested: float | None = None) -> float:
 def autostart_enabled() -> bool:
     from recall_cli.query.server import servers_off
 
-    return os.environ.get(AUTOSTART_ENV, "1").lower() not in ("0", "no", "off", "false") and not servers_off()
+    return _switched_on(AUTOSTART_ENV) and not servers_off()
+
+
+def _switched_on(name: str) -> bool:
+    """An on/off setting that is on unless the environment says 0, no, off or false."""
+    return os.environ.get(name, "1").strip().lower() not in ("0", "no", "off", "false")
 
 
 def start_in_background(db_dir: Path) -> None:
@@ -83,7 +88,7 @@ def run_server(db_dir: Path, idle_s: float | None = None) -> int:
     except ServerRunning:
         return 0
     signal.signal(signal.SIGTERM, lambda *_: server.stop_requested.set())
-    if os.environ.get(REFINE_ENV, "1").strip().lower() not in ("0", "no", "off", "false"):
+    if _switched_on(REFINE_ENV):
         server.on_idle = _idle_refinement(server)
     try:
         server.warm_up()

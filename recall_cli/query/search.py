@@ -253,11 +253,7 @@ class Searcher:
         if options.refine != "off" and (self.refiner is not None or not all(row["refined"] for row in candidates)):
             if self.refiner is None or self.leave_index:
                 self.refiner = refine.Refiner(self.model, self.store)
-            budget = (
-                None
-                if options.refine == "exact"
-                else (refine.DEFAULT_BUDGET_S if options.budget is None else options.budget)
-            )
+            budget = None if exact else (refine.DEFAULT_BUDGET_S if options.budget is None else options.budget)
             waiting = to_refine(candidates, at_most)
             report = self.refiner.refine(waiting, budget)
             for row in candidates:
