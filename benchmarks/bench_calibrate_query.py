@@ -12,7 +12,13 @@ the docstring corpus and networkx's docstrings, which calibration never sees), i
    candidates.to_refine does now), `top_same` (as many as `groups` refines), `margin_q`
    (coarse score + that exit's q-quantile residual), `scaled` (coarse score x that exit's median
    full / coarse ratio), `zscore` (each exit group's scores standardised by their own mean and
-   spread for the query).  At most 50 refined rows per query in every arm.
+   spread for the query).  At most 50 refined rows per query in every arm.  `top_leveled`: `top`
+   with the rows left waiting scored on the scale of the rows refined beside them (each exit's
+   coarse score less the median coarse - full gap of its rows the query refined).  Measured: within
+   0.004 of `top` on both corpora at shares 0.1-0.3 (the top 10 are refined rows nearly always);
+   tried in the product too, with the keyword side's hits joining the refinement (hybrid queries,
+   30% sample, gate opened): networkx first-pass MRR@10 0.910 of full against 0.907 without,
+   docstrings R@10 0.981 against 0.991, so the product ranks waiting rows by their coarse score.
 2. **Heads fitted for scores.**  `product` heads are calibration's (heal.Healer, mode heads: token
    ridge or pooled, the held-out files decide); `score` heads minimise the error of q . (W h) over
    proxy queries q: a generalized ridge (G W M + lambda W = X'Y M, G the token Gram matrix, M the
@@ -181,9 +187,10 @@ def product_choice(scores: np.ndarray, exits: np.ndarray, depth: int, pool: int 
     return order, waiting[:REFINE_AT_MOST]
 
 
-def first_pass(coarse, full, exits, depth, stats, arm, product) -> list[int]:
+def first_pass(coarse, full, exits, depth, stats, arm, product, leveled=False) -> list[int]:
     """Top WANTED rows after refining at most REFINE_AT_MOST waiting rows chosen by `arm`
-    (`product`: product_choice of this query)."""
+    (`product`: product_choice of this query); `leveled`: the rows left waiting scored on the
+    refined rows' scale, as the product does."""
     candidates, refine = product
     if arm == "groups50":  # candidates.py's order, its pool widened until 50 rows wait
         pool = POOL
@@ -199,6 +206,12 @@ def first_pass(coarse, full, exits, depth, stats, arm, product) -> list[int]:
     pool = sorted(set(candidates) | set(refine))
     final = coarse.copy()
     final[refine] = full[refine]
+    left = np.array([row for row in pool if exits[row] != depth and row not in set(refine)], dtype=int)
+    if leveled and len(left):  # candidates.level_coarse_scores: each exit's median coarse - fine
+        for e in np.unique(exits[left]):
+            done = [row for row in refine if exits[row] == e]
+            if done:
+                final[left[exits[left] == e]] -= float(np.median(coarse[done] - full[done]))
     return [pool[i] for i in np.argsort(-final[pool], kind="stable")[:WANTED]]
 
 
@@ -226,6 +239,11 @@ def evaluate(queries, gold, coarse_vectors, full_vectors, exits, depth, stats) -
             for c, f, p in zip(coarse_all, full_all, products, strict=True)
         ]
         out[f"first_{arm}"] = metrics(ranked, gold)
+    ranked = [
+        first_pass(c, f, exits, depth, stats, "top", p, leveled=True)
+        for c, f, p in zip(coarse_all, full_all, products, strict=True)
+    ]
+    out["first_top_leveled"] = metrics(ranked, gold)
     return {
         name: {
             key: round(value / out["full"][key], 4) if key in out["full"] and name != "full" else round(value, 4)
