@@ -190,7 +190,7 @@ def product_choice(scores: np.ndarray, exits: np.ndarray, depth: int, pool: int 
 def first_pass(coarse, full, exits, depth, stats, arm, product, leveled=False) -> list[int]:
     """Top WANTED rows after refining at most REFINE_AT_MOST waiting rows chosen by `arm`
     (`product`: product_choice of this query); `leveled`: the rows left waiting scored on the
-    refined rows' scale, as the product does."""
+    refined rows' scale (the product does not: it measured no better)."""
     candidates, refine = product
     if arm == "groups50":  # candidates.py's order, its pool widened until 50 rows wait
         pool = POOL
@@ -206,8 +206,9 @@ def first_pass(coarse, full, exits, depth, stats, arm, product, leveled=False) -
     pool = sorted(set(candidates) | set(refine))
     final = coarse.copy()
     final[refine] = full[refine]
-    left = np.array([row for row in pool if exits[row] != depth and row not in set(refine)], dtype=int)
-    if leveled and len(left):  # candidates.level_coarse_scores: each exit's median coarse - fine
+    refined = set(refine)
+    left = np.array([row for row in pool if exits[row] != depth and row not in refined], dtype=int)
+    if leveled and len(left):  # each exit's waiting rows less the median coarse - full of its refined rows
         for e in np.unique(exits[left]):
             done = [row for row in refine if exits[row] == e]
             if done:
