@@ -92,3 +92,29 @@ def test_no_write_back_refines_every_query_of_a_batch_as_the_first_and_leaves_th
     assert len(paths) == 20 and paths[:10] == paths[10:]
     assert json.loads(cli("stats", "--json").stdout)["early_exit"]["waiting_refinement"] == waiting
     assert not any(row["refined"] for row in units(cli.db))
+
+
+def test_a_first_query_refines_its_best_keyword_hits_whatever_their_coarse_score(tmp_path):
+    """Hybrid fusion ranks a keyword hit by its similarity too: the keyword side's best hits are
+    refined first (within the same 50 rows), so a hit whose coarse score is low is not ranked by it
+    (here that coarse rank kept the only file with the word off the first page)."""
+    notes_ = notes(200)
+    target = "note004.md"  # a "tax return receipts" note, far from the query's meaning
+    notes_[target] += " zorblax"
+    write_files(tmp_path / "files", notes_)
+    cli = Cli(tmp_path / "db")
+    assert cli("index", tmp_path / "files", "--exit-policy", "fixed:2").exit_code == 0
+    from recall_cli.models import load_model
+
+    query = f"{QUERY} zorblax"
+    vector = load_model("minilm").encode_texts([query]).numpy()[0]
+    by_coarse = [row["path"] for row in sorted(units(cli.db), key=lambda row: -float(np.dot(row["vector"], vector)))]
+    assert by_coarse.index(str((tmp_path / "files" / target).resolve())) > 60  # not among the 50 by coarse score
+
+    result = cli("query", query, "--json", "--budget", "120")
+    assert result.exit_code == 0, result.stderr
+    hits = [row for row in json.loads(result.stdout) if row["path"].endswith(target)]
+    assert hits, "the one file holding the word asked for is not on the first page"  # what a coarse rank did
+    assert hits[0]["refined"] and hits[0]["keyword_score"] is not None
+    refined = [row for row in units(cli.db) if row["refined"]]
+    assert len(refined) == 50 and any(row["path"].endswith(target) for row in refined)

@@ -15,6 +15,7 @@ possible value (first in both rankings), so 1.0 is the best a file can get;
 
 from __future__ import annotations
 
+from recall_cli.early_exit.candidates import COLUMNS
 from recall_cli.query.language import KeywordQuery
 
 RRF_K = 60  # the constant of Cormack et al. (2009): damps the weight of the first few ranks
@@ -46,7 +47,7 @@ def keyword_ranking(store, keyword: KeywordQuery, limit: int, where: str | None)
     if query is None:
         return []
     best: dict[str, dict] = {}
-    for row in store.keyword_search(query, limit, where, extra=("vector",)):
+    for row in store.keyword_search(query, limit, where, extra=COLUMNS):  # what refinement needs too
         if row["path"] not in best or row["keyword_score"] > best[row["path"]]["keyword_score"]:
             best[row["path"]] = row
     return sorted(best.values(), key=lambda row: -row["keyword_score"])

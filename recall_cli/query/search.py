@@ -224,7 +224,7 @@ class Searcher:
         if not use_vector and by_keyword is None:
             wanted = "words to embed (or --like FILE)" if options.mode == "semantic" else "words to look up"
             raise RecallError(f"query {text!r} has no {wanted} for --{options.mode}")
-        by_vector = self._vector_ranking(text, vector, options, where) if use_vector else []
+        by_vector = self._vector_ranking(text, vector, options, where, by_keyword or []) if use_vector else []
         by_keyword = with_similarity(by_keyword, vector) if by_keyword is not None else None
         if use_vector and by_keyword is not None:
             best = fuse([{**row, "similarity": row["score"]} for row in by_vector], by_keyword)
@@ -237,9 +237,10 @@ class Searcher:
         results = [_result(row) for row in best[options.offset : options.offset + options.limit]]
         return [dict(query=text, rank=options.offset + rank, **row) for rank, row in enumerate(results, 1)]
 
-    def _vector_ranking(self, text: str, vector, options: QueryOptions, where: str | None) -> list[dict]:
+    def _vector_ranking(self, text: str, vector, options: QueryOptions, where: str | None, by_keyword=()) -> list[dict]:
         """Files by their best unit's cosine: candidates of every exit group, the best refined
-        within the budget (early_exit/candidates.py, early_exit/refine.py)."""
+        within the budget (early_exit/candidates.py, early_exit/refine.py), the keyword side's
+        first hits (`by_keyword`: its ranking, when it has one) before them."""
         from recall_cli.early_exit import refine
         from recall_cli.early_exit.candidates import refine_limit, select_candidates, to_refine
 
@@ -250,13 +251,17 @@ class Searcher:
         candidates = select_candidates(
             self.store, summary, vector, wanted, where, options.modality, exact=exact, refine_at_most=at_most or 0
         )
-        if options.refine != "off" and (self.refiner is not None or not all(row["refined"] for row in candidates)):
+        in_candidates = {row["id"]: row for row in candidates}
+        hits = [in_candidates.get(row["id"], row) for row in by_keyword[:wanted]]
+        if options.refine != "off" and (
+            self.refiner is not None or not all(row["refined"] for row in candidates + hits)
+        ):
             if self.refiner is None or self.leave_index:
                 self.refiner = refine.Refiner(self.model, self.store)
             budget = None if exact else (refine.DEFAULT_BUDGET_S if options.budget is None else options.budget)
-            waiting = to_refine(candidates, at_most)
+            waiting = to_refine(candidates, at_most, hits)
             report = self.refiner.refine(waiting, budget)
-            for row in candidates:
+            for row in (*candidates, *by_keyword):  # a hit's fine vector gives its similarity (with_similarity)
                 fine = report.fine.get(row["id"])
                 if fine is not None:
                     row["vector"], row["refined"] = fine, True
