@@ -98,10 +98,10 @@ def test_a_first_query_refines_its_best_keyword_hits_whatever_their_coarse_score
     """Hybrid fusion ranks a keyword hit by its similarity too: the keyword side's best hits are
     refined first (within the same 50 rows), so a hit whose coarse score is low is not ranked by it
     (here that coarse rank kept the only file with the word off the first page)."""
-    notes_ = notes(200)
+    texts = notes(200)
     target = "note004.md"  # a "tax return receipts" note, far from the query's meaning
-    notes_[target] += " zorblax"
-    write_files(tmp_path / "files", notes_)
+    texts[target] += " zorblax"
+    write_files(tmp_path / "files", texts)
     cli = Cli(tmp_path / "db")
     assert cli("index", tmp_path / "files", "--exit-policy", "fixed:2").exit_code == 0
     from recall_cli.models import load_model

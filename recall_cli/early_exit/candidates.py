@@ -19,12 +19,13 @@ COLUMNS = ("id", "vector", "hash", "size")  # beside the store's usual columns: 
 # that gets fewer rows than its share from the shared scan (its scores run lower than the others')
 # is searched on its own.
 SHARED_SCAN_MARGIN = 2.0
-# A first pass refines the best waiting rows by coarse score, across exit groups, up to
-# max(REFINE_AT_MOST, REFINE_PER_RESULT x wanted).  Measured (benchmarks/bench_calibrate_query.py,
-# MiniLM healed from a 30% sample, 39% of the docstrings' blocks skipped): first-pass R@10 0.963 of
-# full on the docstrings and 0.946 on networkx's, against 0.916 and 0.919 when the refined rows
-# were each group's best by rank / share (25 rows: the shares of two waiting groups).  A per-exit
-# margin for the noisier shallow scores moved neither by more than one query.
+# A first pass refines the best waiting rows by coarse score, across exit groups (after a hybrid
+# query's best keyword hits: to_refine), up to max(REFINE_AT_MOST, REFINE_PER_RESULT x wanted).
+# Measured (benchmarks/bench_calibrate_query.py, MiniLM healed from a 30% sample, 39% of the
+# docstrings' blocks skipped): first-pass R@10 0.963 of full on the docstrings and 0.946 on
+# networkx's, against 0.916 and 0.919 when the refined rows were each group's best by rank / share
+# (25 rows: the shares of two waiting groups).  A per-exit margin for the noisier shallow scores
+# moved neither by more than one query.
 REFINE_AT_MOST, REFINE_PER_RESULT = 50, 5
 
 
