@@ -7,10 +7,11 @@ after an extra `recall heal`.
     python -m benchmarks.bench_calibrate [--quick] [--rounds N] [--heal-budget MIN] [--steps N]
         [--share F] [--force] [--open-gate] [--results-name NAME]
 
-MiniLM does not calibrate by default (calibrate.OFF_BY_DEFAULT), so every arm here sets
-RECALL_CALIBRATE=1, and the rendered table says so with every setting used.  `--share F` sets the
-sample share (RECALL_CALIBRATE_SHARE); `--force` heals even where the projected saving does not pay
-(RECALL_CALIBRATE_SAVING=0; a corpus this small defers otherwise); `--open-gate` opens the held-out
+Without options every `recall index` runs with the product's defaults (a new index calibrates on
+its first files; RECALL_CALIBRATE* settings in the caller's environment are dropped), and the
+rendered table says which settings were used.  `--share F` sets the sample share
+(RECALL_CALIBRATE_SHARE); `--force` heals even where the projected saving does not pay
+(RECALL_CALIBRATE_SAVING=0; the `--quick` corpus defers otherwise); `--open-gate` opens the held-out
 gate (OPEN_GATE), to measure the exits it would reject.  The first pass is per query (first_pass:
 `recall query --no-write-back`), every first pass runs before any query writes back, and the second
 pass follows a batch that writes back.  Time: `--quick --rounds 1` took 13 min on 2 cores under
@@ -161,8 +162,8 @@ def second_pass(db: Path, copy: Path, rows: list[dict], paths: dict[str, str]) -
 
 
 def calibration_env(steps: int | None, force: bool, share: float | None, open_gate: bool) -> dict:
-    """The settings every `recall index` of the run gets (MiniLM does not calibrate by default)."""
-    env = {"RECALL_CALIBRATE": "1"}
+    """The settings every `recall index` of the run gets, beyond the defaults."""
+    env = {}
     if steps:
         env["RECALL_CALIBRATE_STEPS"] = str(steps)
     if share is not None:
@@ -184,6 +185,8 @@ def main(
     open_gate: bool = False,
     results_name: str = "calibrate",
 ) -> str:
+    for setting in [name for name in os.environ if name.startswith("RECALL_CALIBRATE")]:
+        os.environ.pop(setting)  # the defaults are what is measured, plus calibration_env's settings
     info, load = machine_info(), load_check()
     heal_budget = (1.0 if quick else 5.0) if heal_budget is None else heal_budget
     env = calibration_env(steps, force, share, open_gate)
@@ -305,11 +308,8 @@ def command_line(data: dict) -> str:
 
 def settings_line(data: dict) -> str:
     """Which calibration settings every `recall index` of the run had, said plainly."""
-    said = [
-        f"Settings: {' '.join(f'{key}={value}' for key, value in data['settings'].items())}.",
-        "MiniLM does not calibrate by default (calibrate.OFF_BY_DEFAULT): a user's fresh index stays at full "
-        "depth, so these figures are what RECALL_CALIBRATE=1 gives, not the default.",
-    ]
+    settings = " ".join(f"{key}={value}" for key, value in data["settings"].items())
+    said = [f"Settings: {settings}." if settings else "Settings: the product's defaults, nothing set."]
     if data.get("force"):
         said.append("--force: healing goes ahead even where the projected saving is smaller than its cost.")
     if data.get("open_gate"):

@@ -133,7 +133,7 @@ def test_a_failed_quality_gate_leaves_the_index_at_full_depth_and_a_rebuild_cali
     assert layout.current_version(db) == 0
     assert all(row["exit_block"] == row["depth"] for row in rows(db))
     shown = cli("stats").stdout
-    assert "calibration  not used, full depth: text: no exit reached held-out cosine 0.83 with top-" in shown
+    assert "calibration  not used, full depth: text: no exit reached held-out cosine 0.60 with top-" in shown
     assert ">= 1.01" in shown
     assert "0.0% of encoder blocks skipped" in shown
     write_files(root, notes(8, offset=56))  # rejected once: later runs stay at full depth, untried
@@ -200,21 +200,28 @@ def test_held_out_retrieval_tells_a_faithful_exit_from_a_useless_one():
     assert gate.passes(faithful, 0.9) and not gate.passes(scores[1], 0.9)
 
 
-def test_minilm_is_off_by_default_says_why_and_a_small_index_turned_on_defers(tmp_path, monkeypatch):
+def test_minilm_calibrates_by_default_a_small_index_defers_and_an_index_marked_off_tries_again(tmp_path, monkeypatch):
+    from recall_cli.storage.manifest import Manifest
+
     monkeypatch.delenv("RECALL_CALIBRATE", raising=False)  # the product default (the suite turns it off)
     root, db = tmp_path / "files", tmp_path / "db"
     write_files(root, notes(52))
     cli = Cli(db)
-    assert cli("index", root).exit_code == 0
-    assert calibration_state(db)["status"] == "off"
-    assert layout.current_version(db) == 0 and all(row["exit_block"] == row["depth"] for row in rows(db))
-    assert "calibration  off by default: minilm's first-run sample heals no exit but block 5" in cli("stats").stdout
-    monkeypatch.setenv("RECALL_CALIBRATE", "1")  # on: a small new index defers (healing would not pay)
-    cli2 = Cli(tmp_path / "db2")
-    assert cli2("index", root).exit_code == 0
-    state = calibration_state(tmp_path / "db2")
+    assert cli("index", root).exit_code == 0  # on: a small new index defers (healing would not pay)
+    state = calibration_state(db)
     assert state["status"] == "deferred" and "less than" in state["reason"] and "s of healing" in state["reason"]
-    assert "calibration  deferred: " in cli2("stats").stdout
+    assert "calibration  deferred: " in cli("stats").stdout
+    # an index made while MiniLM did not calibrate by default says "off": stats no longer shows it and
+    # its next run tries
+    old = tmp_path / "old"
+    write_files(tmp_path / "one", notes(1))
+    assert Cli(old)("index", tmp_path / "one").exit_code == 0
+    manifest = Manifest(old)
+    calibrate.write_calibration(manifest, {"status": "off", "reason": "minilm's first-run sample ...", "at": 0})
+    manifest.close()
+    assert "calibration  " not in Cli(old)("stats").stdout
+    assert Cli(old)("index", root).exit_code == 0
+    assert calibration_state(old)["status"] == "deferred"
     monkeypatch.setenv("RECALL_CALIBRATE", "0")  # off: a new index never tries
     assert Cli(tmp_path / "db3")("index", root).exit_code == 0
     assert calibration_state(tmp_path / "db3") is None

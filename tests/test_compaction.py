@@ -248,3 +248,25 @@ def test_a_fragment_past_lancedbs_own_threshold_is_left_to_it(tmp_path):
     assert growth.rows_to_rewrite(store.table) == []  # nothing to add: LanceDB's optimize rewrites it
     store.maintain(keep_versions_s=0)
     assert dead_rows(store) == 0 and store.count() == 400
+
+
+def test_a_first_fill_gets_its_keyword_indexes_without_rewriting_its_data_then_compacts_as_usual(tmp_path):
+    # a new index's first run appends a fragment per write: maintenance indexes every row for
+    # keyword search but leaves the data files (with their INT4 caches) as written
+    prepare_index_dir(tmp_path)
+    store = Store(tmp_path, dim=DIM)
+    for start in range(0, 60, 20):
+        batch = rows([f"note{i}" for i in range(start, start + 20)], start)
+        store.upsert(batch, whole_files=[row["path"] for row in batch])
+    data = tmp_path / "units.lance" / "data"
+    written = set(data.iterdir())
+    store.maintain()
+    assert set(data.iterdir()) == written and len(written) == 3
+    assert all(index.num_unindexed_rows == 0 for index in store.table.list_indices())
+    assert [row["path"] for row in store.keyword_search("note42", 5)] == ["/f/note42.md"]
+    store.upsert(rows(["note7"], 99, refined=True))  # a write-back: now a compaction has work
+    assert store.table.stats()["fragment_stats"]["num_fragments"] == 4
+    store.maintain()
+    assert store.table.stats()["fragment_stats"]["num_fragments"] < 4 and store.count() == 60
+    assert all(index.num_unindexed_rows == 0 for index in store.table.list_indices())
+    assert [row["path"] for row in store.keyword_search("note7", 5)] == ["/f/note7.md"]

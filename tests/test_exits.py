@@ -312,3 +312,35 @@ def test_exits_keep_each_items_own_state_and_embedding_through_the_regroupings()
         assert len(out.states[item]) == len(rows)
         for state, sequence, sequence_mask in zip(out.states[item], after, mask, strict=True):
             assert torch.equal(state, sequence[sequence_mask])
+
+
+def test_the_predictors_optimiser_steps_like_torchs_adamw_without_loading_torch_dynamo():
+    # constructing a torch.optim optimiser imports torch._dynamo (0.7 s): more than the whole fit
+    import copy
+    import subprocess
+    import sys
+
+    from recall_cli.early_exit.predictor import AdamW, ExitPredictor
+
+    torch.manual_seed(0)
+    x, y = torch.randn(100, 16), torch.randint(0, 3, (100,))
+    ours = ExitPredictor(16, (1, 2, 3), 8)
+    theirs = copy.deepcopy(ours)
+    own_steps = AdamW(list(ours.parameters()), lr=3e-3, weight_decay=1e-2)
+    reference = torch.optim.AdamW(theirs.parameters(), lr=3e-3, weight_decay=1e-2)
+    loss = torch.nn.CrossEntropyLoss()
+    for _ in range(50):
+        for model, optimiser in ((ours, own_steps), (theirs, reference)):
+            model.zero_grad()
+            loss(model(x), y).backward()
+            optimiser.step()
+    for mine, torchs in zip(ours.parameters(), theirs.parameters(), strict=True):
+        assert torch.allclose(mine, torchs, atol=1e-6)
+    code = (
+        "import sys, torch\n"
+        "from recall_cli.early_exit.predictor import train_predictor\n"
+        "train_predictor(torch.randn(40, 8), [1, 2] * 20, (1, 2), epochs=5)\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "False"

@@ -155,7 +155,6 @@ CALIBRATION_WORDS = {
     "healing": "interrupted while healing (the next index run with new files calibrates again)",
     "deferred": "deferred",
     "rejected": "not used, full depth",
-    "off": "off by default",
 }
 
 

@@ -145,3 +145,25 @@ def rewrite_past_dead_rows(table) -> int:
     table.merge_insert("id").when_matched_update_all(where="target.hash = source.hash AND target.refined").execute(data)
     log.debug("rewrote %d rows so that the compaction drops the deleted ones", len(ids))
     return len(ids)
+
+
+# A table's first fill: `recall index` of a new index appends each batch as a fragment of its own
+# into a table whose text indexes were built while it was empty.  Compacting it would only merge
+# those large fragments, rewriting every byte of the INT4 cache; no row was deleted and no old
+# version holds data of its own, so there is nothing to reclaim: its maintenance builds the text
+# indexes over every row instead.  Past FIRST_FILL_FRAGMENTS (LanceDB's advice: optimize after
+# about 20 writes) the fragments are worth merging, and any later maintenance compacts as usual
+# (the first one after a first fill drops the deleted rows but may leave the first fill's fragments
+# apart from newer ones; the next merges them).
+FIRST_FILL_FRAGMENTS = 20
+
+
+def first_fill(table, text_columns: tuple[str, ...]) -> bool:
+    """Whether `table` holds only its first fill: the indexes on `text_columns` cover no row yet,
+    no row was ever deleted, and it has at most FIRST_FILL_FRAGMENTS fragments."""
+    text_indexes = [index for index in table.list_indices() if index.columns[0] in text_columns]
+    if not text_indexes or any(index.num_indexed_rows for index in text_indexes):
+        return False
+    latest = table.list_versions()[-1]["metadata"]
+    deleted = int(latest.get("total_deletion_file_rows", 1))
+    return deleted == 0 and int(latest.get("total_fragments", FIRST_FILL_FRAGMENTS + 1)) <= FIRST_FILL_FRAGMENTS
