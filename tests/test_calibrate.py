@@ -227,6 +227,22 @@ def test_minilm_calibrates_by_default_a_small_index_defers_and_an_index_marked_o
     assert calibration_state(tmp_path / "db3") is None
 
 
+def test_a_fresh_minilm_index_skips_blocks_with_nothing_but_recall_index(tmp_path, monkeypatch):
+    # the product's defaults (heads, the default gate), but for the saving check: 64 notes are too
+    # few for it, as the test above shows
+    monkeypatch.delenv("RECALL_CALIBRATE", raising=False)
+    monkeypatch.setenv("RECALL_CALIBRATE_SAVING", "0")
+    root, db = tmp_path / "files", tmp_path / "db"
+    write_files(root, notes(64))
+    cli = Cli(db)
+    assert cli("index", root).exit_code == 0
+    state = calibration_state(db)
+    assert state["status"] == "done" and state["modalities"]["text"]["enabled_exits"]
+    assert layout.current_version(db) == 1 and any(row["exit_block"] < row["depth"] for row in rows(db))
+    shown = cli("stats").stdout
+    assert "% of encoder blocks skipped" in shown and "0.0% of encoder blocks skipped" not in shown
+
+
 def test_minilm_calibration_fits_its_exit_heads_in_closed_form_on_the_first_encodes_token_states(
     tmp_path, fast_calibration, monkeypatch
 ):
