@@ -25,12 +25,14 @@ OCR costs an index of photos without text.
   detection decode, detection, full-size decode, recognition), the CPU per photo an index run
   spends without OCR (its start-up taken out: a run on one photo), and so the budget the 15%
   target leaves OCR per photo; the same drop with `imagebind-test`, a model that decodes every
-  photo's pixels anyway; and what a first look at the EXIF thumbnail (160x120, as cameras write
-  it) would miss of camera-size photos with text.
+  photo's pixels anyway, and with ImageBind-Huge (random weights, bf16, in this process:
+  ocr_huge.py), the model that would index these photos, 20 of them, 5 rounds; and what a first
+  look at the EXIF thumbnail (160x120, as cameras write it) would miss of camera-size photos with
+  text.
 
     python -m benchmarks.bench_mediatext [--quick] [--photos DIR ...] [--out DIR]
 
-(about 6 minutes on a quiet 2-core machine; --out writes the results elsewhere than
+(about 10 minutes on a quiet 2-core machine, 2 of them ImageBind-Huge's; --out writes the results elsewhere than
 benchmarks/results, for a run on a loaded machine.)
 """
 
@@ -47,6 +49,7 @@ import time
 from pathlib import Path
 
 from .common import machine_info, machine_line, markdown_table, recall_cmd, run_measured, write_results
+from .ocr_huge import huge_line, throughput_huge
 
 
 def words(text: str) -> list[str]:
@@ -452,6 +455,7 @@ def main(quick: bool = False, extra_photos: list[Path] | None = None, out: Path 
             for extra in sorted(camera.glob("*.jpg"))[6 if quick else 20 :]:
                 extra.unlink()
             imagebind_speed = throughput(camera, 2, model="imagebind-test")
+        huge_speed = None if quick or not camera_speed else throughput_huge(camera, 5)
     data = {
         "machine": info,
         "load_before": load,
@@ -464,6 +468,7 @@ def main(quick: bool = False, extra_photos: list[Path] | None = None, out: Path 
         "throughput": speed,
         "throughput_camera": camera_speed,
         "throughput_camera_imagebind_test": imagebind_speed,
+        "throughput_camera_imagebind_huge": huge_speed,
         "quick": quick,
     }
     markdown = report(data, quality_rows, place_rows)
@@ -539,6 +544,9 @@ def report(data: dict, quality_rows: list, place_rows: list) -> str:
     if data.get("throughput_camera_imagebind_test"):
         label = "of the same camera-size photos"
         parts.append(throughput_line(label, data["throughput_camera_imagebind_test"]))
+    if data.get("throughput_camera_imagebind_huge"):
+        huge = data["throughput_camera_imagebind_huge"]
+        parts.append(throughput_line("of the same camera-size photos", huge) + " " + huge_line(huge))
     return "\n\n".join(parts)
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from recall_cli.index.media import attach_text_side
 from recall_cli.index.sniff import sniff_path
+from recall_cli.models.mediatext.lent import lend
 from recall_cli.profiling import timed
 
 WINDOW_FILES = 64  # files looked at ahead: a window's text or pixels are held in memory until encoded
@@ -36,13 +37,13 @@ class DecodeAhead:
         self.ready: dict[str, tuple] = {}  # path -> (units or the decoding error, stat when decoded)
 
     def units(self, entry, modality: str, model) -> list:
-        """The file's units (model.file_units; a photo's with its text side), decoded with the next
-        new files of its kind when it is new."""
+        """The file's units (model.file_units) with their text side (a photo's, a song's), decoded
+        with the next new files of its kind when it is new."""
         if entry.path not in self.ready and modality in AHEAD and entry.path in self.position:
             self._decode_window(self.position[entry.path], modality, model)
         found, when = self.ready.pop(entry.path, (None, None))
         if found is None or when != _signature(entry.path):
-            return model.file_units(Path(entry.path), modality)
+            return decoded_units(model, entry.path, modality)
         if isinstance(found, Exception):
             raise found
         return found
@@ -65,12 +66,19 @@ class DecodeAhead:
         }
 
 
+def decoded_units(model, path: str, modality: str) -> list:
+    """A file's units with their text side.  A photo's OCR reads the photo the model decoded, if it
+    decodes it whole (ImageBind), instead of decoding the file again (models/mediatext/lent.py)."""
+    with lend(path) as decoded:
+        units = timed("decoding", model.file_units, Path(path), modality)
+        timed("media text", attach_text_side, units, path, modality, decoded["image"])
+    return units
+
+
 def _media_units(model, path: str, modality: str):
     """A photo's units with their text side (what the run would do at its turn), or the error."""
     try:
-        units = timed("decoding", model.file_units, Path(path), modality)
-        timed("media text", attach_text_side, units, path, modality)
-        return units
+        return decoded_units(model, path, modality)
     except Exception as error:  # the file's own failure, told when the run reaches it
         return error
 

@@ -22,7 +22,7 @@ from recall_cli.early_exit.calibrate import start_calibration
 from recall_cli.errors import first_line, storage_error
 from recall_cli.index.decode_ahead import DecodeAhead
 from recall_cli.index.hashing import file_hash
-from recall_cli.index.media import attach_text_side, media_facts, refresh_text_side
+from recall_cli.index.media import media_facts, refresh_text_side
 from recall_cli.index.options import IndexOptions, IndexSummary, bind_model, check_model_version, check_roots
 from recall_cli.index.overlap import EncodedBatch, EncoderThread, PendingBatch, encode_now, overlap_enabled
 from recall_cli.index.pipeline import unit_row
@@ -276,8 +276,7 @@ class _IndexRun:
             return
         model = self.model  # loading it (or finding the index unusable) is not this file's problem
         try:
-            units = timed("decoding", self.decode_ahead.units, entry, modality, model)
-            timed("media text", attach_text_side, units, entry.path, modality)
+            units = timed("decoding", self.decode_ahead.units, entry, modality, model)  # text side too
         except Exception as error:  # one bad file never stops the run
             self._finish_failed(entry, content_hash, modality, _one_line(error))
             return

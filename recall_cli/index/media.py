@@ -16,15 +16,16 @@ from pathlib import Path
 from recall_cli.storage.manifest import MEDIA_MODALITIES, FileRecord
 
 
-def attach_text_side(units: list, path: str, modality: str) -> None:
+def attach_text_side(units: list, path: str, modality: str, decoded=None) -> None:
     """A media embedding's text side (models/mediatext), stored beside it: the words the keyword
     search finds and the metadata the filters read.  Done here, not when the model decodes the
-    file, so that refinement and healing, which decode files again, never run OCR."""
+    file, so that refinement and healing, which decode files again, never run OCR; `decoded`: the
+    photo the model decoded for these units (mediatext.lent), which OCR reads instead of the file."""
     from recall_cli.models.mediatext import describe
 
     if modality not in MEDIA_MODALITIES or not units or units[0].meta is not None:
         return  # a text model's media units are that text already
-    media = describe(Path(path), modality)
+    media = describe(Path(path), modality, decoded)
     for unit in units:
         unit.snippet, unit.meta = media.text, media.meta
 

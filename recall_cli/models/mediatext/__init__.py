@@ -27,7 +27,9 @@ class MediaText:
     meta: dict = field(default_factory=dict)  # facts, for filters, --json and stats (notes included)
 
 
-def describe(path: Path, modality: str) -> MediaText:
+def describe(path: Path, modality: str, decoded=None) -> MediaText:
+    """`decoded`: the photo as the model decoded it (upright, full size: lent.py), which OCR then
+    reads instead of the file."""
     path = Path(path)
     facts, notes = _facts(path, modality)
     if "lat" in facts:
@@ -39,7 +41,7 @@ def describe(path: Path, modality: str) -> MediaText:
             notes.append(f"place name unavailable ({type(error).__name__})")
     text_in_image = ""
     if modality == "image":
-        text_in_image, note = read_image_text(path)
+        text_in_image, note = read_image_text(path, decoded)
         if note:
             notes.append(note)
         if text_in_image:
@@ -65,10 +67,11 @@ def _facts(path: Path, modality: str) -> tuple[dict, list[str]]:
     return {}, []
 
 
-def read_image_text(path: Path) -> tuple[str, str | None]:
+def read_image_text(path: Path, decoded=None) -> tuple[str, str | None]:
     """(the text OCR reads in an image file, a note when it could not), as an index run reads it:
     the cheap text test first (textgate.py), then detection on the rows where it found lines, then
-    recognition where text was found."""
+    recognition where text was found.  `decoded`: the file's photo already decoded (upright, full
+    size), read instead of the file."""
     from recall_cli.models.mediatext import ocr
 
     if not ocr.enabled():
@@ -76,25 +79,47 @@ def read_image_text(path: Path) -> tuple[str, str | None]:
     if not ocr.available():
         return "", "OCR unavailable (rapidocr-onnxruntime is not installed)"
     try:
-        from PIL import Image
-
-        from recall_cli.models.mediatext.exif import _register_heif
-
-        _register_heif()
-        rows = None  # the whole image
-        if ocr.gated():
-            from recall_cli.models.mediatext.textgate import text_rows
-
-            with Image.open(path) as image:
-                rows = text_rows(image)
-            if not rows:
-                return "", None  # a photo without text: a few ms, no detection pass
-        with Image.open(path) as image:
-            text, left = ocr.read_text(image, rows, full_size=lambda: _full_size(path))
+        text, left = _read_decoded(decoded) if decoded is not None else _read_file(path)
         note = f"OCR stopped after {ocr.time_limit():g} s ({left} lines left unread)" if left else None
         return text[:MAX_TEXT], note
     except Exception as error:  # an image OCR cannot read still has its name and metadata
         return "", f"OCR failed ({type(error).__name__})"
+
+
+def _read_file(path: Path) -> tuple[str, int]:
+    """OCR of a file no model has decoded: each pass opens it at the size it needs (a JPEG at a
+    fraction of its size inside the DCT), so a photo without text is never decoded whole."""
+    from PIL import Image
+
+    from recall_cli.models.mediatext import ocr
+    from recall_cli.models.mediatext.exif import _register_heif
+
+    _register_heif()
+    rows = None  # the whole image
+    if ocr.gated():
+        from recall_cli.models.mediatext.textgate import text_rows
+
+        with Image.open(path) as image:
+            rows = text_rows(image)
+        if not rows:
+            return "", 0  # a photo without text: a few ms, no detection pass
+    with Image.open(path) as image:
+        return ocr.read_text(image, rows, full_size=lambda: _full_size(path))
+
+
+def _read_decoded(image) -> tuple[str, int]:
+    """OCR of a photo already decoded, upright and at full size: the text test's and the detection
+    pass's copies are reduced from its pixels."""
+    from recall_cli.models.mediatext import ocr
+
+    rows = None
+    if ocr.gated():
+        from recall_cli.models.mediatext.textgate import text_rows
+
+        rows = text_rows(image, upright=True)
+        if not rows:
+            return "", 0
+    return ocr.read_text(image, rows, upright=True)
 
 
 def _full_size(path: Path):

@@ -77,25 +77,28 @@ def time_limit() -> float:
         return SECONDS
 
 
-def read_text(image, rows=None, full_size=None) -> tuple[str, int]:
+def read_text(image, rows=None, full_size=None, upright: bool = False) -> tuple[str, int]:
     """(the text in an open PIL image, lines top to bottom, or "" when the detection pass finds
     none; the lines found but left unread when the time limit ran out, 0 when all were read).
     `rows`: the bands of rows (fractions of the height of the photo as seen, as the text gate gives
     them) the detection pass reads; None reads the whole image.  `full_size`: opens the file again,
     for recognition at full resolution when the detection copy was decoded at reduced size (a
     JPEG is, inside the DCT: _detection_copy), so a photo without text never pays for its full
-    decode."""
+    decode.  `upright`: the image is a photo already decoded whole and turned (a model's decode,
+    lent.py): both copies come from its pixels."""
     import numpy as np
 
     engine, detector = _engines()
     started = time.monotonic()  # the engine's one-off load is not this image's time
-    small = timed("ocr detection decode", _detection_copy, image)
+    small = timed("ocr detection decode", _detection_copy, image, upright)
     with _lock, stage("ocr detection"):  # onnxruntime sessions are shared; one image at a time per process
         boxes = _detect(detector, small, rows or [(0.0, 1.0)])
     if not len(boxes):
         return "", 0
     with stage("ocr full-size decode"):
-        if full_size is not None and _drafted(image):
+        if upright:
+            pixels = _bgr(image)
+        elif full_size is not None and _drafted(image):
             with full_size() as full:
                 pixels = _bgr(_upright(full))
         else:
@@ -120,13 +123,19 @@ def _recognise(engine, pixels, boxes, deadline: float) -> tuple[list, int]:
     return recognised, 0
 
 
-def _detection_copy(image):
+def _detection_copy(image, upright: bool = False):
     """BGR pixels of the photo as seen, longer side at most DETECT_SIDE; a JPEG decoded at the
-    smallest DCT scale that still gives DECODE_SIDE, then reduced by area."""
-    if image.format == "JPEG" and max(image.size) > DECODE_SIDE:
-        scale = DECODE_SIDE / max(image.size)
-        image.draft("RGB", (int(image.width * scale) + 1, int(image.height * scale) + 1))
-    pixels = _bgr(_upright(image))
+    smallest DCT scale that still gives DECODE_SIDE, then reduced by area.  `upright` (decoded
+    already): reduced from its pixels by averaging boxes of them (exact areas: none of the DCT's
+    faint thin strokes), to at least DETECT_SIDE, then by area."""
+    if upright:
+        factor = max(1, max(image.size) // DETECT_SIDE)
+        pixels = _bgr(image.reduce(factor) if factor > 1 else image)
+    else:
+        if image.format == "JPEG" and max(image.size) > DECODE_SIDE:
+            scale = DECODE_SIDE / max(image.size)
+            image.draft("RGB", (int(image.width * scale) + 1, int(image.height * scale) + 1))
+        pixels = _bgr(_upright(image))
     scale = min(1.0, DETECT_SIDE / max(pixels.shape[:2]))
     return pixels if scale == 1.0 else _resized(pixels, scale)
 
@@ -146,7 +155,8 @@ def _upright(image):
 def _bgr(image):
     import numpy as np
 
-    return np.asarray(image.convert("RGB"))[:, :, ::-1]  # the engine works in OpenCV's BGR
+    rgb = image if image.mode == "RGB" else image.convert("RGB")  # no copy of a decoded photo first
+    return np.asarray(rgb)[:, :, ::-1]  # the engine works in OpenCV's BGR
 
 
 def _detect(detector, small, rows):

@@ -23,8 +23,13 @@ _heif_registered = False
 
 
 def load_image(path: Path) -> torch.Tensor:
-    """Image file -> normalised [3, 224, 224].  DecodeError when it cannot be decoded."""
-    return preprocess_image(open_image(Path(path)))
+    """Image file -> normalised [3, 224, 224].  DecodeError when it cannot be decoded.  The decoded
+    photo is offered to the file's text side (mediatext.lent: OCR reads it instead of the file)."""
+    from recall_cli.models.mediatext.lent import offer
+
+    image = open_image(Path(path))
+    offer(path, image)
+    return preprocess_image(image)
 
 
 def open_image(path: Path):
