@@ -76,6 +76,29 @@ def test_image_exif_orientation_is_applied(tmp_path):
     assert torch.allclose(x[:, 170, 112], blue, atol=0.1)
 
 
+def test_image_pixels_are_those_of_turning_then_converting(tmp_path):
+    """open_image turns in place and converts only what is not RGB: the same pixels as the
+    reference's exif_transpose then convert("RGB"), for every orientation and mode."""
+    from PIL import ImageOps
+
+    rng = np.random.default_rng(1)
+    base = Image.fromarray(rng.integers(0, 256, (30, 50, 3), dtype=np.uint8))
+    paths = []
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        paths.append(tmp_path / f"o{orientation}.jpg")
+        base.save(paths[-1], exif=exif, quality=95)
+    for name, mode in (("grey.png", "L"), ("palette.png", "P"), ("alpha.png", "RGBA"), ("cmyk.jpg", "CMYK")):
+        paths.append(tmp_path / name)
+        base.convert(mode).save(paths[-1])
+    for path in paths:
+        with Image.open(path) as reference:
+            expected = np.asarray(ImageOps.exif_transpose(reference).convert("RGB"))
+        decoded = image.open_image(path)
+        assert decoded.mode == "RGB" and np.array_equal(np.asarray(decoded), expected), path.name
+
+
 def test_image_heic(tmp_path):
     pillow_heif = pytest.importorskip("pillow_heif")
     if not pillow_heif.libheif_info().get("encoders"):
