@@ -36,7 +36,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from .common import CORPUS, alternate, load_check, machine_info, machine_line, markdown_table, write_results
+from .common import (
+    CORPUS,
+    alternate,
+    load_check,
+    machine_info,
+    machine_line,
+    markdown_table,
+    random_huge,
+    write_results,
+)
 
 MIX = "mix:2=0.25,3=0.25,4=0.25,6=0.25"
 HUGE_POLICY = "fixed:16"
@@ -301,29 +310,13 @@ def _photos(folder: Path, count: int) -> None:
 def huge_section(work: Path, quick: bool, rounds: int) -> dict:
     """ImageBind-Huge with random weights, placed in the per-process model cache under the names
     the indexer asks for (the official weights are a 4.5 GB download)."""
-    import torch
-
-    from recall_cli import models
     from recall_cli.index.indexer import IndexOptions, index_roots
-    from recall_cli.models.device import precision_key
-    from recall_cli.models.imagebind.model import HUGE_CONFIG, ImageBindEncoder
 
     n_images = 8 if quick else 16
     files = work / "photos"
     _photos(files, n_images)
-    for dtype, torch_dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        model = ImageBindEncoder(
-            HUGE_CONFIG,
-            "imagebind-huge",
-            "imagebind-huge@random",
-            torch.device("cpu"),
-            torch_dtype,
-            source=lambda kind: None,
-            seed=0,
-        )
-        model.trunk("image")
-        models._LOADED[("imagebind-huge", None, precision_key(dtype), None)] = model
-    bf16 = models._LOADED[("imagebind-huge", None, precision_key("bf16"), None)]
+    random_huge("fp32")
+    bf16 = random_huge("bf16")
     units_per_file = [bf16.file_units(path, "image") for path in sorted(files.iterdir())]
     arms = {
         "bare encoder (bf16)": _bare_arm(bf16, "image", units_per_file),

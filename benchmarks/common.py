@@ -205,3 +205,24 @@ def paired_ratio(numerator: list[float], denominator: list[float]) -> dict:
     if not ratios:
         return {"median": float("nan"), "low": float("nan"), "high": float("nan"), "rounds": 0}
     return {"median": statistics.median(ratios), "low": ratios[0], "high": ratios[-1], "rounds": len(ratios)}
+
+
+def random_huge(precision: str):
+    """ImageBind-Huge with random weights in the official layout (the real ones are a 4.5 GB
+    download), its vision trunk built, placed in the per-process model cache under the name the
+    indexer asks for at `precision` ("fp32" or "bf16"); the model's cost does not depend on its
+    weights."""
+    import torch
+
+    from recall_cli import models
+    from recall_cli.models.device import precision_key
+    from recall_cli.models.imagebind.model import HUGE_CONFIG, ImageBindEncoder
+
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+    model = ImageBindEncoder(
+        HUGE_CONFIG, "imagebind-huge", "imagebind-huge@random", torch.device("cpu"), torch_dtype,
+        source=lambda kind: None, seed=0,
+    )  # fmt: skip
+    model.trunk("image")
+    models._LOADED[("imagebind-huge", None, precision_key(precision), None)] = model
+    return model

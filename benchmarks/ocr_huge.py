@@ -1,7 +1,7 @@
 """What OCR costs an ImageBind-Huge index of camera-size photos without text (bench_mediatext).
 
 ImageBind-Huge's weights are a 4.5 GB download, so its vision trunk is built here with random
-weights in the official layout (as bench_speed does) and placed in the process's model cache under
+weights in the official layout (common.random_huge, as for bench_speed) and placed in the process's model cache under
 the name the indexer asks for; the runs are the real indexer (`index_roots`) in this process, OCR
 on and off alternated, each into a fresh index.  The model's cost per photo does not depend on
 its weights; OCR's does not depend on the embedding.  CPU seconds are the process's (every
@@ -15,25 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from .common import random_huge
+
 OCR_STAGES = ("ocr gate decode", "ocr gate", "ocr detection decode", "ocr detection", "ocr full-size decode")
 OCR_STAGES += ("ocr recognition",)
-
-
-def huge_model():
-    """ImageBind-Huge (random weights, bf16, vision trunk built), in the per-process model cache."""
-    import torch
-
-    from recall_cli import models
-    from recall_cli.models.device import precision_key
-    from recall_cli.models.imagebind.model import HUGE_CONFIG, ImageBindEncoder
-
-    model = ImageBindEncoder(
-        HUGE_CONFIG, "imagebind-huge", "imagebind-huge@random", torch.device("cpu"), torch.bfloat16,
-        source=lambda kind: None, seed=0,
-    )  # fmt: skip
-    model.trunk("image")
-    models._LOADED[("imagebind-huge", None, precision_key("bf16"), None)] = model
-    return model
 
 
 def throughput_huge(folder: Path, rounds: int) -> dict:
@@ -42,7 +27,7 @@ def throughput_huge(folder: Path, rounds: int) -> dict:
     from recall_cli import profiling
     from recall_cli.index.indexer import IndexOptions, index_roots
 
-    huge_model()
+    random_huge("bf16")
     photos = sorted(folder.glob("*.jpg"))
     per_arm: dict[str, list[float]] = {"ocr on": [], "ocr off": []}
     cpu: dict[str, list[float]] = {"ocr on": [], "ocr off": []}
