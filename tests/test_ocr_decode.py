@@ -1,7 +1,8 @@
 """How OCR decodes a large JPEG: its detection pass reads a copy decoded at a fraction of the
-photo's size (a 12 MP photo costs a quarter of its full decode), the full-size decode happens only
+photo's size (a 12 MP photo costs half of its full decode), the full-size decode happens only
 when that pass found text, and small text is still read from the full-size pixels.  With a model
-that decodes the photo whole anyway (ImageBind), OCR reads that decode: the file once in all."""
+that decodes the photo anyway (ImageBind, at a DCT scale as large as OCR's own), OCR reads that
+decode: a photo without text is decoded once, never whole."""
 
 from __future__ import annotations
 
@@ -14,17 +15,20 @@ from PIL import Image, ImageDraw, ImageFile, ImageFont
 from recall_cli.models.mediatext import describe
 
 
-def big_photo(path, words: str | None = None, sideways: bool = False):
-    """A 3200x2400 JPEG of a soft gradient, with a line of 40-px words when given (text that the
-    960-px detection copy still holds, and recognition reads best at full size).  `sideways`: stored
-    turned a quarter, with the EXIF orientation (6) that shows it upright, as a phone held upright."""
+def big_photo(path, words: str | None = None, sideways: bool = False, size: int = 40):
+    """A 3200x2400 JPEG of a soft gradient, with a line of `size`-px words when given (40 px: text
+    that the 960-px detection copy still holds, and recognition reads best at full size).
+    `sideways`: stored turned a quarter, with the EXIF orientation (6) that shows it upright, as a
+    phone held upright."""
     rng = np.random.default_rng(0)
     ramp = np.linspace(90, 200, 3200)[None, :, None] * np.ones((2400, 1, 3))
     image = Image.fromarray((ramp + rng.normal(0, 3, (2400, 3200, 3))).clip(0, 255).astype(np.uint8))
     if words:
         draw = ImageDraw.Draw(image)
-        draw.rectangle((380, 1180, 1500, 1280), fill=(245, 245, 240))
-        draw.text((400, 1200), words, fill=(10, 10, 10), font=ImageFont.load_default(size=40))
+        font = ImageFont.load_default(size=size)
+        left, top, right, bottom = draw.textbbox((400, 1200), words, font=font)
+        draw.rectangle((left - size, top - size, right + size, bottom + size), fill=(245, 245, 240))
+        draw.text((400, 1200), words, fill=(10, 10, 10), font=font)
     if sideways:
         exif = Image.Exif()
         exif[0x0112] = 6  # shown turned a quarter clockwise
@@ -59,6 +63,15 @@ def test_full_size_is_decoded_only_for_a_photo_with_text(tmp_path, monkeypatch):
     assert "invoice" in text and "4471" in text
 
 
+def test_large_text_is_read_without_decoding_the_photo_whole(tmp_path, monkeypatch):
+    """Lines at least as tall in the half-size decode as the recogniser reads them (48 px) are
+    read from it: the full-size decode would only be reduced again."""
+    decoded = decode_spy(monkeypatch)
+    text = describe(big_photo(tmp_path / "poster.jpg", "kayak rental 2019", size=160), "image").text
+    assert "kayak" in text and "rental" in text and "2019" in text
+    assert decoded and all(size[0] <= 1600 for _, size in decoded)  # never the full 3200x2400
+
+
 def test_ocr_reads_the_photo_imagebind_decoded_instead_of_the_file(tmp_path, monkeypatch):
     root = tmp_path / "photos"
     root.mkdir()
@@ -67,9 +80,13 @@ def test_ocr_reads_the_photo_imagebind_decoded_instead_of_the_file(tmp_path, mon
     decoded = decode_spy(monkeypatch)
     cli = Cli(tmp_path / "db")
     assert cli("index", root, "--model", "imagebind-test").exit_code == 0
-    # each photo decoded once, whole (the model's decode): no draft copy for the text test, the
-    # detection pass or recognition
-    assert sorted(decoded) == [("plain.jpg", (3200, 2400)), ("receipt.jpg", (2400, 3200))]
+    # each photo decoded once at half size (the model's decode): no other copy for the text test or
+    # the detection pass; the receipt decoded whole as well, for recognition of the text found
+    assert sorted(decoded) == [
+        ("plain.jpg", (1600, 1200)),
+        ("receipt.jpg", (1200, 1600)),
+        ("receipt.jpg", (2400, 3200)),
+    ]
     result = cli("query", "4471", "--keyword", "--json")
     assert [row["path"].rsplit("/", 1)[-1] for row in json.loads(result.stdout)] == ["receipt.jpg"]
     # read the right way up, from the photo as seen (a sideways copy reads nothing)
@@ -83,8 +100,8 @@ def test_a_decoded_photo_is_kept_only_inside_the_block_that_lends_it(tmp_path):
     path = big_photo(tmp_path / "a.jpg")
     with lent.lend(tmp_path / "other.jpg") as slot:
         load_image(path)
-        assert slot["image"] is None  # another file's block keeps nothing of this one
+        assert slot["photo"] is None  # another file's block keeps nothing of this one
     with lent.lend(path) as slot:
         load_image(path)
-        assert slot["image"].size == (3200, 2400)
-    assert slot["image"] is None  # 23 MB not held once the block ends
+        assert slot["photo"].image.size == (1600, 1200) and not slot["photo"].whole
+    assert slot["photo"] is None  # 6 MB not held once the block ends

@@ -68,10 +68,10 @@ class DecodeAhead:
 
 def decoded_units(model, path: str, modality: str) -> list:
     """A file's units with their text side.  A photo's OCR reads the photo the model decoded, if it
-    decodes it whole (ImageBind), instead of decoding the file again (models/mediatext/lent.py)."""
+    decodes its pixels (ImageBind), instead of decoding the file again (models/mediatext/lent.py)."""
     with lend(path) as decoded:
         units = timed("decoding", model.file_units, Path(path), modality)
-        timed("media text", attach_text_side, units, path, modality, decoded["image"])
+        timed("media text", attach_text_side, units, path, modality, decoded["photo"])
     return units
 
 

@@ -28,8 +28,8 @@ class MediaText:
 
 
 def describe(path: Path, modality: str, decoded=None) -> MediaText:
-    """`decoded`: the photo as the model decoded it (upright, full size: lent.py), which OCR then
-    reads instead of the file."""
+    """`decoded`: the photo as the model decoded it (a lent.Photo), which OCR then reads instead of
+    the file."""
     path = Path(path)
     facts, notes = _facts(path, modality)
     if "lat" in facts:
@@ -70,8 +70,8 @@ def _facts(path: Path, modality: str) -> tuple[dict, list[str]]:
 def read_image_text(path: Path, decoded=None) -> tuple[str, str | None]:
     """(the text OCR reads in an image file, a note when it could not), as an index run reads it:
     the cheap text test first (textgate.py), then detection on the rows where it found lines, then
-    recognition where text was found.  `decoded`: the file's photo already decoded (upright, full
-    size), read instead of the file."""
+    recognition where text was found.  `decoded`: the file's photo already decoded (a lent.Photo),
+    read instead of the file."""
     from recall_cli.models.mediatext import ocr
 
     if not ocr.enabled():
@@ -79,7 +79,7 @@ def read_image_text(path: Path, decoded=None) -> tuple[str, str | None]:
     if not ocr.available():
         return "", "OCR unavailable (rapidocr-onnxruntime is not installed)"
     try:
-        text, left = _read_decoded(decoded) if decoded is not None else _read_file(path)
+        text, left = _read_decoded(decoded, path) if decoded is not None else _read_file(path)
         note = f"OCR stopped after {ocr.time_limit():g} s ({left} lines left unread)" if left else None
         return text[:MAX_TEXT], note
     except Exception as error:  # an image OCR cannot read still has its name and metadata
@@ -107,19 +107,21 @@ def _read_file(path: Path) -> tuple[str, int]:
         return ocr.read_text(image, rows, full_size=lambda: _full_size(path))
 
 
-def _read_decoded(image) -> tuple[str, int]:
-    """OCR of a photo already decoded, upright and at full size: the text test's and the detection
-    pass's copies are reduced from its pixels."""
+def _read_decoded(photo, path: Path) -> tuple[str, int]:
+    """OCR of a photo already decoded and upright (a lent.Photo): the text test's and the detection
+    pass's copies are reduced from its pixels; recognition reads them too when they are the file's
+    full size, else the file decoded whole (small text is legible only there)."""
     from recall_cli.models.mediatext import ocr
 
     rows = None
     if ocr.gated():
         from recall_cli.models.mediatext.textgate import text_rows
 
-        rows = text_rows(image, upright=True)
+        rows = text_rows(photo.image, upright=True)
         if not rows:
             return "", 0
-    return ocr.read_text(image, rows, upright=True)
+    full_size = None if photo.whole else (lambda: _full_size(path))
+    return ocr.read_text(photo.image, rows, full_size=full_size, upright=True)
 
 
 def _full_size(path: Path):

@@ -4,6 +4,17 @@ EXIF orientation, RGB, shorter side to 224 (bicubic, PIL), centre crop, CLIP mea
 torchvision Resize(224, BICUBIC) + CenterCrop(224) + Normalize, on Pillow (+ pillow-heif for HEIC).
 Decoding refuses images too large to hold in memory and crops extreme aspect ratios before
 resizing; see MAX_IMAGE_PIXELS and MAX_RESIZED_PIXELS.
+
+A large photo is not decoded and resampled at full size only to become 224 px: a JPEG is decoded
+at the smallest DCT scale (1/2, 1/4, 1/8) that keeps what the resize and OCR need (DECODE_SHORT,
+DECODE_LONG), and the resize first reduces by a whole factor (box average) down to no less than
+REDUCING_GAP times the target, then resamples bicubic, which Pillow documents as
+indistinguishable from resampling the whole in one step.  A 12 MP camera JPEG: 49 ms decode +
+53 ms resize -> 25 + 6 ms of CPU.  Against the one-step reference, on 17 real photos at 4000x3000,
+the 224-px input differs by 0.2 grey levels on average (99th percentile 1, at most 3), and
+ImageBind-Huge's embedding (random weights, fp32) keeps cosine >= 0.99992 (bf16 against fp32,
+the default precision's own difference, is 0.99987).  Smaller photos (under 6x the target) are
+decoded and resized exactly as before.
 """
 
 from __future__ import annotations
@@ -15,9 +26,15 @@ import torch
 
 from recall_cli.models.base import DecodeError
 from recall_cli.models.imagebind.media.common import IMAGE_SIZE, normalize, one_line
+from recall_cli.models.mediatext.ocr import DECODE_SIDE
 
 MAX_IMAGE_PIXELS = 150_000_000  # larger images are refused (decompression-bomb guard)
 MAX_RESIZED_PIXELS = IMAGE_SIZE * IMAGE_SIZE * 64  # above (aspect > 64:1): crop before resizing
+REDUCING_GAP = 3.0  # Pillow: "with reducing_gap >= 3.0 the result is indistinguishable from fair resampling"
+DECODE_SHORT = round(REDUCING_GAP * IMAGE_SIZE)  # shorter side a JPEG's DCT-scaled decode keeps at least
+# ... and longer side: OCR's text test and detection pass read this decode (mediatext/lent.py), at
+# the size its own decode of the file would have
+DECODE_LONG = DECODE_SIDE
 
 _heif_registered = False
 
@@ -27,13 +44,15 @@ def load_image(path: Path) -> torch.Tensor:
     photo is offered to the file's text side (mediatext.lent: OCR reads it instead of the file)."""
     from recall_cli.models.mediatext.lent import offer
 
-    image = open_image(Path(path))
-    offer(path, image)
+    image, whole = open_image(Path(path))
+    offer(path, image, whole)
     return preprocess_image(image)
 
 
 def open_image(path: Path):
-    """A fully loaded RGB PIL image with EXIF orientation applied.  DecodeError on any failure."""
+    """(a fully loaded RGB PIL image with EXIF orientation applied, True when it has the file's full
+    size: a large JPEG is decoded at a DCT scale, see the module's docstring).  DecodeError on any
+    failure."""
     from PIL import Image, ImageOps
 
     _register_heif()
@@ -48,17 +67,31 @@ def open_image(path: Path):
                     f"image too large to decode safely ({w}x{h} pixels; the limit is "
                     f"{MAX_IMAGE_PIXELS // 1_000_000} megapixels)"
                 )
+            whole = not _draft(img)
             img.load()
             # in place, and no conversion of what is RGB already: each copy of a 12 MP photo cost
             # 7-23 ms of CPU beside its 38 ms decode (the pixels are the same)
             ImageOps.exif_transpose(img, in_place=True)
-            return img if img.mode == "RGB" else img.convert("RGB")
+            return (img if img.mode == "RGB" else img.convert("RGB")), whole
     except DecodeError:
         raise
     except Image.UnidentifiedImageError:
         raise DecodeError("cannot decode image: not a known image format, or damaged") from None
     except Exception as exc:
         raise DecodeError(f"cannot decode image: {one_line(exc)}") from None
+
+
+def _draft(img) -> bool:
+    """Have a JPEG decoded at the smallest DCT scale that keeps its sides at least DECODE_LONG and
+    DECODE_SHORT; True when it will be smaller than stored (other formats: False, decoded whole)."""
+    if img.format not in ("JPEG", "MPO"):  # MPO: a camera's JPEG with a second picture after it
+        return False
+    longer, shorter = max(img.size), min(img.size)
+    scale = max(DECODE_LONG / longer, DECODE_SHORT / shorter)
+    if scale >= 0.5:
+        return False
+    img.draft(None, (int(img.width * scale) + 1, int(img.height * scale) + 1))
+    return bool(img.decoderconfig) and img.decoderconfig[0] > 1
 
 
 def _register_heif() -> None:
@@ -94,7 +127,7 @@ def preprocess_image(img) -> torch.Tensor:
         img = img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BICUBIC, box=box)
     else:
         if size != (w, h):
-            img = img.resize(size, Image.BICUBIC)
+            img = img.resize(size, Image.BICUBIC, reducing_gap=REDUCING_GAP)
         img = img.crop((left, top, left + IMAGE_SIZE, top + IMAGE_SIZE))
     return _normalized(np.asarray(img, dtype=np.uint8))
 
