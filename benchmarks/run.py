@@ -27,6 +27,7 @@ SUITES = [
     "server",
     "calibrate",
     "mediatext",
+    "photo_decode",
 ]
 
 
