@@ -10,10 +10,10 @@ at the smallest DCT scale (1/2, 1/4, 1/8) that keeps what the resize and OCR nee
 DECODE_LONG), and the resize first reduces by a whole factor (box average) down to no less than
 REDUCING_GAP times the target, then resamples bicubic, which Pillow documents as
 indistinguishable from resampling the whole in one step.  A 12 MP camera JPEG: 49 ms decode +
-53 ms resize -> 25 + 6 ms of CPU.  Against the one-step reference, on 17 real photos at 4000x3000,
-the 224-px input differs by 0.2 grey levels on average (99th percentile 1, at most 3), and
-ImageBind-Huge's embedding (random weights, fp32) keeps cosine >= 0.99992 (bf16 against fp32,
-the default precision's own difference, is 0.99987).  Smaller photos (under 6x the target) are
+53 ms resize -> 25 + 6 ms of CPU.  Against the one-step reference, on 18 photos at 4000x3000
+(benchmarks/bench_photo_decode.py), the 224-px input differs by 0.23 grey levels on average (99th
+percentile 1, at most 3), and ImageBind-Huge's embedding (random weights, fp32) keeps cosine
+>= 0.99992 (bf16 against fp32, the default precision's own difference, is 0.99987).  Smaller photos (under 6x the target) are
 decoded and resized exactly as before.
 """
 
