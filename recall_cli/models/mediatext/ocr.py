@@ -8,8 +8,8 @@ it found lines, with room around them); that pass, on a copy no larger than DETE
 resize cost ~160 ms), decides whether recognition runs at all; recognition
 then reads only the boxes found: a line at least as tall in that decode as the recogniser reads it
 (48 px) is cropped from it, a shorter one from the full-resolution image (decoded only then), so
-small text is read at its real size.  The engine is loaded once per process, on the first image
-that needs it.
+small text is read at its real size.  An engine is loaded on the first image that needs it, and
+another when photos decoded on several cores need one at the same time (_engine).
 
 Bounded per image: recognition reads the lines top to bottom in chunks and stops once the image
 has taken RECALL_OCR_SECONDS (default 3 s; detection itself is bounded by the size of its copy),
@@ -22,7 +22,9 @@ RECALL_OCR=always runs the detection pass on every image.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
 import re
 import threading
 import time
@@ -41,6 +43,8 @@ CHUNK = 24  # lines recognised between two looks at the clock (~0.2 s of CPU)
 SECONDS = 3.0  # per image, unless $RECALL_OCR_SECONDS says otherwise
 THREADS = 1  # per onnxruntime session: its own threads cost ~1.8x the CPU of one (290 against 160 ms per
 # detection pass on a 2-core machine), for a small gain in wall time while the encoder is busy anyway
+MAX_ENGINES = 4  # engines a process runs side by side (one per core at most): each holds ~25 MB of
+# models, and ~250 MB more while it runs a detection pass
 _state = {"enabled": None}
 _lock = threading.Lock()
 
@@ -90,20 +94,20 @@ def read_text(image, rows=None, full_size=None, upright: bool = False) -> tuple[
     (that decode was smaller than the file)."""
     import numpy as np
 
-    engine, detector = _engines()
-    started = time.monotonic()  # the engine's one-off load is not this image's time
-    with stage("ocr detection decode"):
-        seen = _as_seen(image, upright)
-        small = _detection_copy(seen)
-    with _lock, stage("ocr detection"):  # onnxruntime sessions are shared; one image at a time per process
-        boxes = _detect(detector, small, rows or [(0.0, 1.0)])
-    if not len(boxes):
-        return "", 0
-    to_seen = np.array([seen.width / small.shape[1], seen.height / small.shape[0]], dtype=np.float32)
-    boxes = reading_order(boxes[:MAX_BOXES] * to_seen)
-    smaller = full_size is not None and (upright or _drafted(image))  # than the file
-    sources = _crop_sources(engine, seen, boxes, full_size if smaller else None)
-    recognised, left = _recognise(engine, sources, started + time_limit())
+    with _engine() as engine:
+        started = time.monotonic()  # the engine's one-off load is not this image's time
+        with stage("ocr detection decode"):
+            seen = _as_seen(image, upright)
+            small = _detection_copy(seen)
+        with stage("ocr detection"):
+            boxes = _detect(engine.text_det, small, rows or [(0.0, 1.0)])
+        if not len(boxes):
+            return "", 0
+        to_seen = np.array([seen.width / small.shape[1], seen.height / small.shape[0]], dtype=np.float32)
+        boxes = reading_order(boxes[:MAX_BOXES] * to_seen)
+        smaller = full_size is not None and (upright or _drafted(image))  # than the file
+        sources = _crop_sources(engine, seen, boxes, full_size if smaller else None)
+        recognised, left = _recognise(engine, sources, started + time_limit())
     lines = [text for text, score in recognised if score >= MIN_SCORE and text.strip()]
     return "\n".join(with_splits(split_glued(line)) for line in lines), left
 
@@ -115,7 +119,7 @@ def _recognise(engine, sources: list, deadline: float) -> tuple[list, int]:
     for start in range(0, len(sources), CHUNK):
         if start and time.monotonic() >= deadline:
             return recognised, len(sources) - start
-        with _lock, stage("ocr recognition"):
+        with stage("ocr recognition"):
             crops = [engine.get_crop_img_list(pixels, [box])[0] for pixels, box in sources[start : start + CHUNK]]
             recognised += engine.text_rec(crops)[0]
     return recognised, 0
@@ -236,17 +240,42 @@ def _resized(pixels, scale: float):
     return cv2.resize(pixels, (max(32, round(width * scale)), max(32, round(height * scale))), cv2.INTER_AREA)
 
 
-_ENGINES: list = []
+_FREE: queue.LifoQueue = queue.LifoQueue()  # engines made and not in use; the last one used first
+_MADE = [0]
 
 
-def _engines():
-    """(the engine, its detector set to keep the copy at the size it is given: "min" with a small
-    limit never scales up, so the detection copy is DETECT_SIDE or less)."""
+@contextlib.contextmanager
+def _engine():
+    """An engine for one image, this thread's alone while the block runs.  Photos are decoded on
+    every core (index/decode_ahead.py): a thread that finds every engine busy makes another, up
+    to one per core and MAX_ENGINES, so two photos' detection passes run side by side instead of
+    one waiting for the other (RapidOCR's detector keeps per-call state on itself: one image at a
+    time per engine).  One thread at a time only ever makes one."""
+    engine = _free_engine()
+    try:
+        yield engine
+    finally:
+        _FREE.put(engine)
+
+
+def _free_engine():
+    try:
+        return _FREE.get_nowait()
+    except queue.Empty:
+        pass
     with _lock:
-        if not _ENGINES:
-            from rapidocr_onnxruntime import RapidOCR
+        if _MADE[0] < min(os.cpu_count() or 1, MAX_ENGINES):
+            _MADE[0] += 1
+            return _new_engine()
+    return _FREE.get()  # as many as allowed, all busy: the first one free
 
-            engine = RapidOCR(intra_op_num_threads=THREADS, inter_op_num_threads=THREADS)
-            engine.text_det.limit_type, engine.text_det.limit_side_len = "min", 32
-            _ENGINES.extend((engine, engine.text_det))
-    return _ENGINES[0], _ENGINES[1]
+
+def _new_engine():
+    """RapidOCR on one thread per session, its detector set to keep the copy at the size it is
+    given ("min" with a small limit never scales up, so the detection copy is DETECT_SIDE or
+    less)."""
+    from rapidocr_onnxruntime import RapidOCR
+
+    engine = RapidOCR(intra_op_num_threads=THREADS, inter_op_num_threads=THREADS)
+    engine.text_det.limit_type, engine.text_det.limit_side_len = "min", 32
+    return engine

@@ -13,8 +13,8 @@ indistinguishable from resampling the whole in one step.  A 12 MP camera JPEG: 4
 53 ms resize -> 25 + 6 ms of CPU.  Against the one-step reference, on 18 photos at 4000x3000
 (benchmarks/bench_photo_decode.py), the 224-px input differs by 0.23 grey levels on average (99th
 percentile 1, at most 3), and ImageBind-Huge's embedding (random weights, fp32) keeps cosine
->= 0.99992 (bf16 against fp32, the default precision's own difference, is 0.99987).  Smaller photos (under 6x the target) are
-decoded and resized exactly as before.
+>= 0.99992 (bf16 against fp32, the default precision's own difference, is 0.99987).  Smaller
+photos (under 6x the target) are decoded and resized exactly as before.
 """
 
 from __future__ import annotations
