@@ -97,7 +97,8 @@ def read_text(image, rows=None, full_size=None, upright: bool = False) -> tuple[
     with _engine() as engine:
         started = time.monotonic()  # the engine's one-off load is not this image's time
         with stage("ocr detection decode"):
-            seen = _as_seen(image, upright)
+            # a model's decode is given with `full_size` exactly when it is smaller than the file
+            seen, reduced = (image, full_size is not None) if upright else _as_seen(image)
             small = _detection_copy(seen)
         with stage("ocr detection"):
             boxes = _detect(engine.text_det, small, rows or [(0.0, 1.0)])
@@ -105,8 +106,7 @@ def read_text(image, rows=None, full_size=None, upright: bool = False) -> tuple[
             return "", 0
         to_seen = np.array([seen.width / small.shape[1], seen.height / small.shape[0]], dtype=np.float32)
         boxes = reading_order(boxes[:MAX_BOXES] * to_seen)
-        smaller = full_size is not None and (upright or _drafted(image))  # than the file
-        sources = _crop_sources(engine, seen, boxes, full_size if smaller else None)
+        sources = _crop_sources(engine, seen, boxes, full_size if reduced else None)
         recognised, left = _recognise(engine, sources, started + time_limit())
     lines = [text for text, score in recognised if score >= MIN_SCORE and text.strip()]
     return "\n".join(with_splits(split_glued(line)) for line in lines), left
@@ -157,15 +157,25 @@ def _line_heights(boxes):
     return np.where(heights >= 1.5 * widths, widths, heights)
 
 
-def _as_seen(image, upright: bool):
-    """The photo as seen (EXIF orientation applied), decoded: as it is when `upright` (a model's
-    decode, lent.py), else a JPEG at the smallest DCT scale that still gives DECODE_SIDE."""
-    if upright:
-        return image
-    if image.format == "JPEG" and max(image.size) > DECODE_SIDE:
-        scale = DECODE_SIDE / max(image.size)
-        image.draft("RGB", (int(image.width * scale) + 1, int(image.height * scale) + 1))
-    return _upright(image)
+def _as_seen(image):
+    """(the photo as seen, EXIF orientation applied, decoded: a JPEG at the smallest DCT scale that
+    still gives DECODE_SIDE; True when that is smaller than the file)."""
+    reduced = draft_at_least(image, DECODE_SIDE)
+    return _upright(image), reduced
+
+
+def draft_at_least(image, longer: int, shorter: int = 0) -> bool:
+    """Have a JPEG that is not decoded yet decoded at the smallest DCT scale (1/2, 1/4, 1/8: about
+    the cost of reading its entropy-coded data) that keeps its longer side at least `longer` and
+    its shorter side at least `shorter`; True when it will be smaller than stored (other formats
+    are decoded whole: False)."""
+    if image.format not in ("JPEG", "MPO"):  # MPO: a camera's JPEG with a second picture after it
+        return False
+    scale = max(longer / max(image.size), shorter / min(image.size))
+    if scale >= 0.5:
+        return False
+    image.draft(None, (int(image.width * scale) + 1, int(image.height * scale) + 1))
+    return bool(image.decoderconfig) and image.decoderconfig[0] > 1
 
 
 def _detection_copy(seen):
@@ -176,12 +186,6 @@ def _detection_copy(seen):
     pixels = _bgr(seen.reduce(factor) if factor > 1 else seen)
     scale = min(1.0, DETECT_SIDE / max(pixels.shape[:2]))
     return pixels if scale == 1.0 else _resized(pixels, scale)
-
-
-def _drafted(image) -> bool:
-    """Whether Pillow decodes this JPEG at a fraction of its stored size (draft was set on it)."""
-    config = getattr(image, "decoderconfig", ())
-    return bool(config) and config[0] > 1
 
 
 def _upright(image):

@@ -26,7 +26,7 @@ import torch
 
 from recall_cli.models.base import DecodeError
 from recall_cli.models.imagebind.media.common import IMAGE_SIZE, normalize, one_line
-from recall_cli.models.mediatext.ocr import DECODE_SIDE
+from recall_cli.models.mediatext.ocr import DECODE_SIDE, draft_at_least
 
 MAX_IMAGE_PIXELS = 150_000_000  # larger images are refused (decompression-bomb guard)
 MAX_RESIZED_PIXELS = IMAGE_SIZE * IMAGE_SIZE * 64  # above (aspect > 64:1): crop before resizing
@@ -67,7 +67,7 @@ def open_image(path: Path):
                     f"image too large to decode safely ({w}x{h} pixels; the limit is "
                     f"{MAX_IMAGE_PIXELS // 1_000_000} megapixels)"
                 )
-            whole = not _draft(img)
+            whole = not draft_at_least(img, DECODE_LONG, DECODE_SHORT)
             img.load()
             # in place, and no conversion of what is RGB already: each copy of a 12 MP photo cost
             # 7-23 ms of CPU beside its 38 ms decode (the pixels are the same)
@@ -79,19 +79,6 @@ def open_image(path: Path):
         raise DecodeError("cannot decode image: not a known image format, or damaged") from None
     except Exception as exc:
         raise DecodeError(f"cannot decode image: {one_line(exc)}") from None
-
-
-def _draft(img) -> bool:
-    """Have a JPEG decoded at the smallest DCT scale that keeps its sides at least DECODE_LONG and
-    DECODE_SHORT; True when it will be smaller than stored (other formats: False, decoded whole)."""
-    if img.format not in ("JPEG", "MPO"):  # MPO: a camera's JPEG with a second picture after it
-        return False
-    longer, shorter = max(img.size), min(img.size)
-    scale = max(DECODE_LONG / longer, DECODE_SHORT / shorter)
-    if scale >= 0.5:
-        return False
-    img.draft(None, (int(img.width * scale) + 1, int(img.height * scale) + 1))
-    return bool(img.decoderconfig) and img.decoderconfig[0] > 1
 
 
 def _register_heif() -> None:
