@@ -126,11 +126,13 @@ def _read_decoded(photo, path: Path) -> tuple[str, int]:
 
 def _full_size(path: Path):
     """The image for recognition: full resolution, or a JPEG at a fraction of its size when that is
-    still 4096 px or more (a 50 MP photo's small text stays legible)."""
+    still 4096 px or more on its shorter side (a 50 MP photo's small text stays legible)."""
     from PIL import Image
 
+    from recall_cli.models.mediatext.ocr import draft_at_least
+
     image = Image.open(path)
-    image.draft("RGB", (4096, 4096))
+    draft_at_least(image, 0, 4096)
     return image
 
 

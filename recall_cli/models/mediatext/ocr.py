@@ -23,6 +23,7 @@ RECALL_OCR=always runs the detection pass on every image.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import queue
 import re
@@ -174,7 +175,7 @@ def draft_at_least(image, longer: int, shorter: int = 0) -> bool:
     scale = max(longer / max(image.size), shorter / min(image.size))
     if scale >= 0.5:
         return False
-    image.draft(None, (int(image.width * scale) + 1, int(image.height * scale) + 1))
+    image.draft(None, (math.ceil(image.width * scale), math.ceil(image.height * scale)))
     return bool(image.decoderconfig) and image.decoderconfig[0] > 1
 
 
