@@ -16,7 +16,9 @@ MiniLM, docstring corpus (one doc per file), the real indexer in this process (m
     full again with RECALL_ENCODE_WORKERS=1 (one batch at a time);
   * full and fixed:3 again with encoding overlapped (RECALL_OVERLAP=1, off by default) in batches
     of 64 files: what the overlap queue (index/overlap.py) gains or loses;
-  * a stage profile of the predictor policy and of full depth (shares of wall time).
+  * a stage profile of the predictor policy, fixed:3 and full depth (shares of wall time), and
+    from it the most fixed:3 can gain: full depth's blocks over fixed:3's blocks and the INT4 cache
+    it writes for refinement.
 ImageBind-Huge (random weights, vision), generated photos, the real indexer: fp32 and bf16 at full
 depth, bf16 `fixed:16`, and the bare bf16 encoder, and a stage profile of bf16 full depth.  Not in
 --quick.
@@ -280,9 +282,39 @@ def minilm_section(work: Path, quick: bool, rounds: int) -> dict:
     measured = alternate(arms, rounds, log)
     shares = {
         policy: _profile_shares(_index_arm(files, work / "db", "minilm", default, policy))
-        for policy in ("predictor", "full")
+        for policy in ("predictor", "fixed:3", "full")
     }
-    return {"precision": default, "measured": measured, "profile_shares": shares}
+    return {"precision": default, "measured": measured, "profile_shares": shares, "ceiling": _fixed_ceiling(shares)}
+
+
+CACHE_STAGES = ("state capture", "INT4 packing")  # the work an early exit adds for refinement's cache
+
+
+def _fixed_ceiling(shares: dict) -> dict:
+    """What `fixed:3` could reach at most, from the profiled runs' CPU seconds: full depth's blocks
+    over fixed:3's blocks plus the INT4 cache it must write for refinement (state capture, packing,
+    and the extra seconds of its LanceDB write), with nothing else (`zero_overhead`), and with full
+    depth's own work outside the blocks added to both sides (`shared_as_full`)."""
+
+    def cpu(policy: str, names) -> float:
+        return sum(share[1] for name, share in shares[policy].items() if name in names)
+
+    def blocks(policy: str) -> float:
+        return cpu(policy, [name for name in shares[policy] if "blocks" in name and "(load)" not in name])
+
+    full_blocks, fixed_blocks = blocks("full"), blocks("fixed:3")
+    write_extra = max(0.0, cpu("fixed:3", ["LanceDB write"]) - cpu("full", ["LanceDB write"]))
+    cache = cpu("fixed:3", CACHE_STAGES) + write_extra
+    shared = max(0.0, shares["full"]["(whole run)"][1] - full_blocks)
+    return {
+        "full_blocks_cpu": full_blocks,
+        "fixed_blocks_cpu": fixed_blocks,
+        "cache_cpu": cache,
+        "shared_cpu": shared,
+        "blocks_only": full_blocks / fixed_blocks if fixed_blocks else None,
+        "zero_overhead": full_blocks / (fixed_blocks + cache) if fixed_blocks else None,
+        "shared_as_full": (full_blocks + shared) / (fixed_blocks + cache + shared) if fixed_blocks else None,
+    }
 
 
 def _photos(folder: Path, count: int) -> None:
@@ -398,10 +430,24 @@ def render(data: dict) -> str:
     )
     md.append("## Where the time goes (stage profile: share of wall time, CPU seconds)\n")
     md.append(_profile_table(mini["profile_shares"]))
+    if mini.get("ceiling"):
+        md.append(_ceiling_text(mini["ceiling"]))
     if "profile_shares" in data.get("imagebind_huge", {}):
         md.append("\nImageBind-Huge vision, bf16 at full depth (what separates it from the bare encoder):\n")
         md.append(_profile_table(data["imagebind_huge"]["profile_shares"]))
     return "\n".join(md)
+
+
+def _ceiling_text(ceiling: dict) -> str:
+    return (
+        f"\nThe most `fixed:3` can gain here (CPU seconds of the profiled runs above): full depth's blocks "
+        f"{ceiling['full_blocks_cpu']:.2f} s against fixed:3's {ceiling['fixed_blocks_cpu']:.2f} s "
+        f"({ceiling['blocks_only']:.3f}x); the INT4 cache fixed:3 writes for refinement (state capture, "
+        f"packing, the extra LanceDB write) {ceiling['cache_cpu']:.2f} s, so **{ceiling['zero_overhead']:.3f}x** "
+        f"with nothing else in either run, and **{ceiling['shared_as_full']:.3f}x** with full depth's "
+        f"{ceiling['shared_cpu']:.2f} s of work outside the blocks (scan, decoding, tokenising, heads, writes) "
+        "in both. One profiled run each: a single run's stages move by a few percent.\n"
+    )
 
 
 def _profile_table(profiles: dict) -> str:
