@@ -54,3 +54,25 @@ def test_never_more_engines_than_allowed(tmp_path, monkeypatch, fresh_engines):
         texts = [media.text for media in pool.map(lambda path: describe(path, "image"), signs(tmp_path, 4))]
     assert all(str(4471 + index) in text for index, text in enumerate(texts))
     assert ocr._MADE[0] == 1
+
+
+def test_an_engine_that_fails_to_load_is_not_counted(tmp_path, monkeypatch, fresh_engines):
+    """A failed load leaves that photo without OCR text (its note says so), and the next photo
+    makes an engine instead of waiting forever for one that was never made."""
+    monkeypatch.setattr(ocr, "MAX_ENGINES", 1)
+    make = ocr._new_engine
+
+    def damaged():
+        raise RuntimeError("model file damaged")
+
+    monkeypatch.setattr(ocr, "_new_engine", damaged)
+    first, second = signs(tmp_path, 2)
+    failed = describe(first, "image")
+    assert "4471" not in failed.text and "OCR failed (RuntimeError)" in failed.meta["notes"]
+    monkeypatch.setattr(ocr, "_new_engine", make)
+    read: list = []
+    reader = threading.Thread(target=lambda: read.append(describe(second, "image").text), daemon=True)
+    reader.start()
+    reader.join(timeout=60)  # a daemon: if it waits forever, the test fails instead of hanging
+    assert read and "4472" in read[0]
+    assert ocr._MADE[0] == 1

@@ -270,8 +270,11 @@ def _free_engine():
         pass
     with _lock:
         if _MADE[0] < min(os.cpu_count() or 1, MAX_ENGINES):
+            # counted only once made: a load that fails must not leave a later thread waiting
+            # below for an engine that will never be put back
+            engine = _new_engine()
             _MADE[0] += 1
-            return _new_engine()
+            return engine
     return _FREE.get()  # as many as allowed, all busy: the first one free
 
 
