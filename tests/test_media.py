@@ -81,20 +81,9 @@ def test_a_camera_size_jpeg_is_decoded_at_half_size_and_resized_as_the_reference
     (a quarter of the CPU of decoding and resampling it whole); ImageBind's input stays within a
     grey level or so of the reference's one-step resize of the whole photo, fine detail included
     (decoded at 1/8, or resized with a gap of 1.1, it is off by 13 and 32 levels at worst)."""
-    from PIL import ImageDraw
+    from benchmarks.bench_photo_decode import detailed_photo  # the benchmark's photo with fine detail
 
-    rng = np.random.default_rng(0)
-    y, x = np.ogrid[0:3000, 0:4000]
-    pixels = np.empty((3000, 4000, 3), dtype=np.int16)
-    pixels[..., 0], pixels[..., 1] = x * 255 // 4000, y * 255 // 3000
-    pixels[..., 2] = ((x // 7 + y // 5) % 2) * 120 + 60  # detail finer than the 224-px input holds
-    pixels += rng.integers(-35, 36, (3000, 4000, 1), dtype=np.int16)  # sensor noise
-    photo = Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(photo)
-    for _ in range(40):
-        ends = rng.integers(0, 3000, 4) * [4, 3, 4, 3] // 3
-        draw.line(tuple(int(v) for v in ends), fill=tuple(int(v) for v in rng.integers(0, 255, 3)), width=5)
-    photo.save(tmp_path / "camera.jpg", quality=92)
+    detailed_photo(tmp_path / "camera.jpg")
 
     decoded, whole = image.open_image(tmp_path / "camera.jpg")
     assert decoded.size == (2000, 1500) and not whole
